@@ -1,0 +1,1 @@
+"""Configuration: the settings registry, loaders and the policy-bank view."""

@@ -1,0 +1,159 @@
+"""Build the effective ``Config``: defaults, then each config file, then the command line.
+
+The precedence is written once, here.  Each config file is either the native
+Python format or a Perl ``amavisd.conf``; this version reads the native format
+and reports a Perl file with a clear error (the Perl importer is its own issue).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+
+from amavisd.config.model import Config
+from amavisd.config.pyconf import load_python_config
+from amavisd.errors import ConfigError
+
+#: Where the Perl amavisd looks when no -c is given (Debian first, then upstream).
+DEBIAN_CONF_DIRS = ("/usr/share/amavis/conf.d", "/etc/amavis/conf.d")
+DEFAULT_FILES = ("/etc/amavisd.conf", "/etc/amavis/amavisd.conf")
+
+_PERL_HINTS = re.compile(
+    rb"^\s*(use\s+strict\s*;|[$@%][A-Za-z_]\w*(\{[^}]*\})?\s*=[^=]|1;\s*$)", re.M)
+
+
+def looks_like_perl(data: bytes) -> bool:
+    """True for amavisd.conf-style Perl: sigil assignments, ``use strict;``, ``1;``."""
+    return bool(_PERL_HINTS.search(data))
+
+
+def default_config_files() -> list[str]:
+    """The files the Perl daemon would read with no -c (protocols.md section 1.6 step 4)."""
+    found: list[str] = []
+    for folder in DEBIAN_CONF_DIRS:
+        if os.path.isdir(folder):
+            found += sorted(str(p) for p in Path(folder).iterdir()
+                            if re.fullmatch(r"[A-Za-z0-9_-]+", p.name) and p.is_file())
+    if found:
+        return found
+    return [f for f in DEFAULT_FILES if os.path.exists(f)]
+
+
+def check_ownership(path: str) -> None:
+    """Config files must be owned by root and writable by nobody else (section 1.6)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read config file: {exc.strerror}") from None
+    if os.geteuid() == 0 and st.st_uid != 0:
+        raise ConfigError(path, "", f'Config file "{path}" should be owned by root (uid 0)')
+    if os.geteuid() != 0 and st.st_uid == os.geteuid():
+        raise ConfigError(path, "", f'Config file "{path}" must not be owned by the daemon user')
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(path, "", f'Config file "{path}" is writable by group or others')
+
+
+def load_file(path: str, config: Config) -> None:
+    check_ownership(path)
+    try:
+        head = Path(path).read_bytes()[:65536]
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read config file: {exc.strerror}") from None
+    if not path.endswith(".py") and looks_like_perl(head):
+        raise ConfigError(path, "", "this is a Perl amavisd.conf; this version reads only the "
+                          "native Python config format (see docs/config.md)")
+    load_python_config(path, config)
+
+
+def apply_command_line(config: Config, opts) -> None:
+    """Command-line values win over the files (protocols.md section 1.6 step 7)."""
+    origin = "command line"
+    pairs = {
+        "log_level": opts.log_level,
+        "max_servers": opts.max_servers,
+        "daemon_user": opts.user,
+        "instance_name": opts.instance,
+        "lock_file": opts.lock_file,
+        "pid_file": opts.pid_file,
+        "MYHOME": opts.home,
+        "db_home": opts.db_home,
+        "QUARANTINEDIR": opts.quarantine_dir,
+        "TEMPBASE": opts.tempbase,
+        "listen_sockets": opts.listen,
+    }
+    for name, value in pairs.items():
+        if value is not None:
+            config.assign(name, value, origin)
+    if opts.groups:
+        config.assign("daemon_groups", opts.groups, origin)
+    if opts.listen is not None:
+        config.assign("inet_socket_port", [], origin)
+        config.assign("unix_socketname", None, origin)
+    if opts.chroot is not None:
+        config.assign("daemon_chroot_dir", None if opts.chroot in ("", "/") else opts.chroot,
+                      origin)
+    if opts.db_home == "":
+        config.assign("enable_db", 0, origin)
+    if opts.command in ("debug", "foreground", "demo"):
+        config.assign("daemonize", 0, origin)
+    if opts.command == "debug":
+        config.assign("DEBUG", 1, origin)
+
+
+def load_config(opts) -> Config:
+    """Defaults, each -c file in order (or the default locations), then the command line."""
+    config = Config()
+    files = opts.config_files or default_config_files()
+    if not files:
+        raise ConfigError("amavisd", "", "no config file given (-c) and none found in "
+                          + ", ".join(DEBIAN_CONF_DIRS + DEFAULT_FILES))
+    for path in files:
+        load_file(path, config)
+    apply_command_line(config, opts)
+    config.finish()
+    validate(config)
+    return config
+
+
+def load_demo_config(opts) -> Config:
+    """The embedded demo config: no MTA needed, passed mail lands in bsmtp files."""
+    from amavisd.config.demo import demo_settings
+
+    config = Config()
+    for name, value in demo_settings().items():
+        config.assign(name, value, "demo config")
+    for path in opts.config_files:
+        load_file(path, config)
+    apply_command_line(config, opts)
+    config.finish()
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Cross-setting checks the Perl daemon makes at startup (section 1.6 step 11)."""
+    host = config.myhostname or ""
+    if host != "localhost" and not re.search(r"[^.]\.[^.]", host):
+        raise ConfigError(config.origin("myhostname"), "myhostname",
+                          f"must be a fully qualified domain name, got {host!r}")
+    if config.mail_id_size_bits % 24:
+        raise ConfigError(config.origin("mail_id_size_bits"), "mail_id_size_bits",
+                          "must be a multiple of 24")
+    if config.min_servers is not None and config.min_servers > config.max_servers:
+        raise ConfigError(config.origin("min_servers"), "min_servers",
+                          "must not exceed max_servers")
+    for bank in config.interface_policy.values():
+        if bank not in config.policy_bank:
+            continue
+    for name in ("forward_method", "notify_method"):
+        method = getattr(config, name)
+        if method is None:
+            continue
+        from amavisd.config.types import delivery_method
+
+        try:
+            delivery_method(method)
+        except ValueError as exc:
+            raise ConfigError(config.origin(name), name, str(exc)) from None

@@ -1,0 +1,270 @@
+"""The settings registry: every amavisd variable we know, with default, type and scope.
+
+One list is the truth for names, defaults and scope.  The CLI, the Python config
+loader, the Perl config importer, ``amavisd showconfig`` and docs/config.md all read
+it (``python -m amavisd.config.docgen`` writes the doc).  Names are the Perl
+variable names without their sigil (``$max_servers`` -> ``max_servers``), so one
+grep finds both the spec and the code.
+
+``GLOBAL`` settings are read once by the master; ``BANK`` settings may also appear
+inside a policy bank and are looked up through the bank in force
+(spec/pipeline.md section 16).
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from amavisd.config import types as t
+from amavisd.config.types import Converter
+
+GLOBAL = "global"
+BANK = "bank"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One variable: its name, default, converter, scope, section and a one-line doc."""
+
+    name: str
+    default: Any
+    parse: Converter
+    scope: str
+    section: str
+    doc: str
+    aliases: tuple[str, ...] = ()
+    #: A callable(values) giving the default from other settings (Perl "after-defaults").
+    derive: Any = None
+    sigil: str = "$"
+
+
+REGISTRY: dict[str, Setting] = {}
+ALIASES: dict[str, str] = {}
+_section = "misc"
+
+
+def section(name: str) -> None:
+    global _section
+    _section = name
+
+
+def setting(name: str, default: Any, parse: Converter, scope: str, doc: str,
+            aliases: tuple[str, ...] = (), derive: Any = None, sigil: str = "$") -> Setting:
+    entry = Setting(name, default, parse, scope, _section, doc, aliases, derive, sigil)
+    if name in REGISTRY:
+        raise RuntimeError(f"setting {name} registered twice")
+    REGISTRY[name] = entry
+    for alias in aliases:
+        ALIASES[alias] = name
+    return entry
+
+
+def canonical(name: str) -> str | None:
+    """The registry name for ``name`` (an alias or the name itself), or None."""
+    if name in REGISTRY:
+        return name
+    return ALIASES.get(name)
+
+
+def _hostname() -> str:
+    return socket.getfqdn() or "localhost"
+
+
+def _both_families() -> list[str]:
+    """``$inet_socket_bind`` default: both loopbacks where both work (protocols.md 2.1)."""
+    binds = ["127.0.0.1"]
+    if socket.has_ipv6:
+        try:
+            probe = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            probe.bind(("::1", 0))
+            probe.close()
+            binds.append("[::1]")
+        except OSError:
+            pass
+    return binds
+
+
+# ---------------------------------------------------------------- process model
+section("process")
+setting("max_servers", 2, t.integer(1), GLOBAL,
+        "Number of child processes (fixed pool), or the upper bound of the dynamic pool.")
+setting("min_servers", None, t.integer(0), GLOBAL,
+        "When set, a dynamic pool between min_servers and max_servers is kept.")
+setting("min_spare_servers", 1, t.integer(0), GLOBAL,
+        "Dynamic pool: start a child when fewer than this many are idle.")
+setting("max_spare_servers", 2, t.integer(0), GLOBAL,
+        "Dynamic pool: stop idle children above this many (capped to max_servers-1).")
+setting("max_requests", 20, t.integer(0), GLOBAL,
+        "A child retires after this many tasks or connections (0: never); a session is never cut.")
+setting("child_timeout", 480, t.integer(1), BANK,
+        "Seconds a child may work on one message after the last client input.")
+setting("daemonize", 1, t.boolean, GLOBAL, "Fork into the background on 'start'.")
+setting("daemon_user", None, t.string, GLOBAL, "User the daemon drops to (name or uid).")
+setting("daemon_group", None, t.string, GLOBAL, "Group the daemon drops to (name or gid).")
+setting("daemon_groups", None, t.string_list, GLOBAL,
+        "Supplementary groups; the first one becomes the effective group.", sigil="@")
+setting("daemon_chroot_dir", None, t.string, GLOBAL, "Chroot directory (empty: none).")
+setting("MYHOME", "/var/amavis", t.string, GLOBAL, "Home directory of the daemon.")
+setting("TEMPBASE", None, t.string, GLOBAL,
+        "Where per-child temp directories are made (default $MYHOME).",
+        derive=lambda v: v["MYHOME"])
+setting("db_home", None, t.string, GLOBAL,
+        "Directory of the stats segment (default $MYHOME/db).",
+        derive=lambda v: f"{v['MYHOME']}/db")
+setting("enable_db", 0, t.boolean, GLOBAL,
+        "Keep the stats segment (counters for amavisd-agent, states for amavisd-nanny).")
+setting("pid_file", None, t.string, GLOBAL,
+        "PID file of the master (default $MYHOME/amavisd.pid when daemonizing).",
+        derive=lambda v: f"{v['MYHOME']}/amavisd.pid")
+setting("lock_file", None, t.string, GLOBAL, "Accepted for compatibility; we need no lock file.")
+setting("instance_name", None, t.string, GLOBAL, "Instance name (-i), available to config files.")
+setting("QUARANTINEDIR", None, t.string, GLOBAL, "Quarantine directory (local: and bsmtp: paths).")
+setting("mail_id_size_bits", 72, t.integer(24), GLOBAL,
+        "Size of mail_id and secret_id in bits; a multiple of 24.")
+setting("allow_preserving_evidence", 1, t.boolean, GLOBAL,
+        "Keep the temp directory of a message whose processing failed.")
+setting("path", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/sbin:/usr/bin:/bin", t.string,
+        GLOBAL, "PATH for external programs.")
+
+# ---------------------------------------------------------------- sockets
+section("sockets")
+setting("inet_socket_port", [], t.ports, GLOBAL,
+        "TCP port(s) to listen on; appended to listen_sockets.")
+setting("inet_socket_bind", None, t.string_list, GLOBAL,
+        "Bind address(es) for port-only sockets (default both loopbacks).",
+        derive=lambda v: _both_families())
+setting("unix_socketname", None, t.string, GLOBAL,
+        "Unix socket path to listen on; appended to listen_sockets.")
+setting("unix_socket_mode", None, t.integer(0, 0o7777), GLOBAL,
+        "Mode of the Unix sockets (e.g. 0o660), set on a cold start.")
+setting("listen_sockets", [], t.string_list, GLOBAL,
+        "Listening sockets: 'port', 'inet:host:port', 'inet6:[addr]:port', 'unix:/path', '/path'.",
+        sigil="@")
+setting("listen_queue_size", None, t.integer(1), GLOBAL, "Backlog of listen() (default SOMAXCONN).")
+setting("interface_policy", {}, t.mapping, GLOBAL,
+        "Policy bank per listening socket: keys 'PORT', 'IP:PORT', 'SOCK' or a socket path.",
+        sigil="%")
+setting("policy_bank", {}, t.mapping, GLOBAL,
+        "Named policy banks: name -> dict of BANK settings.", sigil="%")
+setting("inet_acl", ["127.0.0.1", "[::1]"], t.string_list, BANK,
+        "Client IP access list for TCP sockets; first match wins, '!' negates.", sigil="@")
+setting("protocol", None, t.choice(None, "SMTP", "LMTP", "AM.PDP", "TCP-LOOKUP"), BANK,
+        "Protocol of a socket, usually set in a bank chosen by interface_policy.")
+setting("mynetworks", ["127.0.0.0/8", "[::1]", "169.254.0.0/16", "[fe80::]/10",
+                       "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "[fc00::]/7"],
+        t.string_list, BANK, "Networks whose clients load the MYNETS bank.", sigil="@")
+setting("local_domains_acl", [], t.string_list, GLOBAL,
+        "Our domains: 'dom' exact, '.dom' with subdomains, '!' negates (direction counters, log).",
+        sigil="@")
+setting("originating", 0, t.boolean, BANK,
+        "Mail comes from our own users (set by banks such as MYNETS or ORIGINATING).")
+
+# ---------------------------------------------------------------- names
+section("names")
+setting("myhostname", None, t.string, GLOBAL, "Fully qualified name of this host.",
+        derive=lambda v: _hostname())
+setting("mydomain", None, t.string, GLOBAL, "Our mail domain.",
+        derive=lambda v: v["myhostname"].split(".", 1)[-1] if "." in v["myhostname"]
+        else v["myhostname"])
+setting("localhost_name", "localhost", t.string, BANK,
+        "Name used in EHLO to the back end and in 'by' of our Received field.")
+setting("myprogram_name", None, t.string, GLOBAL,
+        "Program name in titles and log lines (default: argv[0] as invoked).")
+
+# ---------------------------------------------------------------- SMTP server
+section("smtp_server")
+setting("smtpd_timeout", 480, t.integer(5, raise_to_minimum=True), BANK,
+        "Idle seconds while waiting for client input; values below 5 become 5.")
+setting("smtpd_recipient_limit", 1100, t.integer(1), GLOBAL,
+        "Maximum RCPT commands per transaction (452 4.5.3 above it).")
+setting("smtpd_message_size_limit", None, t.integer(0), BANK,
+        "Message size limit in bytes: advertised in EHLO and enforced during DATA.")
+setting("enforce_smtpd_message_size_limit_64kb_min", 1, t.boolean, GLOBAL,
+        "Raise any size limit below 65536 up to 65536.")
+setting("message_size_limit_maps", [], t.sequence, BANK,
+        "Per-recipient size limits (lookup tables).", sigil="@")
+setting("smtpd_greeting_banner", "${helo-name} ${protocol} ${product} service ready",
+        t.string, BANK, "Greeting after 220; ${helo-name}, ${protocol}, ${product}, ... expanded.")
+setting("smtpd_quit_banner", "${helo-name} ${product} closing transmission channel",
+        t.string, BANK, "Text of the 221 reply to QUIT.")
+setting("smtpd_discard_ehlo_keywords", [], t.string_list, BANK,
+        "EHLO keywords not to advertise (by first word, case-insensitive).", sigil="@")
+setting("tls_security_level_in", None, t.string, BANK,
+        "Inbound STARTTLS: undef/none off, 'may' offered, anything else required.")
+setting("smtpd_tls_server_options", {}, t.mapping, BANK,
+        "TLS server options: SSL_cert_file and SSL_key_file.", sigil="%")
+setting("smtpd_tls_cert_file", None, t.string, GLOBAL,
+        "Deprecated: feeds smtpd_tls_server_options{SSL_cert_file}.")
+setting("smtpd_tls_key_file", None, t.string, GLOBAL,
+        "Deprecated: feeds smtpd_tls_server_options{SSL_key_file}.")
+setting("auth_mech_avail", [], t.string_list, BANK,
+        "AUTH mechanisms offered (credentials are recorded, never verified).", sigil="@")
+setting("auth_required_inp", None, t.boolean, BANK, "Require AUTH before MAIL.")
+setting("haproxy_target_enabled", None, t.boolean, BANK,
+        "Expect a HAProxy PROXY v1 line before the greeting.")
+
+# ---------------------------------------------------------------- forwarding
+section("forwarding")
+setting("forward_method", "smtp:[127.0.0.1]:10025", t.delivery_method, BANK,
+        "Where passed mail goes: smtp:[host]:port, lmtp:..., bsmtp:file, pipe:argv=..., or ''.")
+setting("notify_method", None, t.delivery_method, BANK,
+        "Where notifications and DSNs go (default forward_method).",
+        derive=lambda v: v["forward_method"])
+setting("resend_method", None, t.delivery_method, BANK,
+        "Used instead of forward_method when the body was modified.")
+setting("release_method", None, t.delivery_method, BANK, "Where released mail goes.")
+setting("requeue_method", "smtp:[127.0.0.1]:25", t.delivery_method, BANK,
+        "Where requeued mail goes.")
+setting("forward_method_maps", [], t.sequence, BANK,
+        "Per-recipient delivery method (lookup tables); default forward_method.", sigil="@")
+setting("local_client_bind_address", None, t.string, BANK,
+        "Local address for outgoing connections.")
+setting("tls_security_level_out", None, t.string, BANK,
+        "Outbound STARTTLS: undef/none never, 'may' if offered, anything else required.")
+setting("smtp_tls_client_options", {}, t.mapping, BANK,
+        "TLS client options (SSL_ca_file, SSL_verify_mode, ...).", sigil="%")
+setting("propagate_dsn_if_possible", 1, t.boolean, BANK,
+        "Pass NOTIFY/RET/ENVID/ORCPT on when the back end offers DSN.")
+setting("terminate_dsn_on_notify_success", 0, t.boolean, BANK,
+        "Strip SUCCESS from NOTIFY when forwarding.")
+setting("smtp_connection_cache_on_demand", 1, t.boolean, GLOBAL,
+        "Turn outgoing connection caching on when messages arrive often.")
+setting("smtp_connection_cache_enable", 1, t.boolean, GLOBAL,
+        "Allow outgoing connection caching at all.")
+setting("allowed_added_header_fields", {"received": 1}, t.mapping, BANK,
+        "Header fields we may add (lower-case names); Received is on by default.", sigil="%")
+setting("soft_bounce", 0, t.boolean, BANK, "Turn 5xx replies into 4xx.")
+
+# ---------------------------------------------------------------- logging
+section("logging")
+setting("log_level", 0, t.integer(-5, 5), BANK, "Verbosity 0-5 (-d on the command line).")
+setting("DO_SYSLOG", None, t.boolean, GLOBAL, "Log to syslog.", aliases=("do_syslog",))
+setting("LOGFILE", None, t.string, GLOBAL,
+        "Log to this file when not to syslog (otherwise stderr).", aliases=("logfile",))
+setting("syslog_ident", "amavis", t.string, BANK, "Syslog ident.")
+setting("syslog_facility", "mail", t.string, BANK, "Syslog facility name.")
+setting("syslog_priority", None, t.string, GLOBAL,
+        "Deprecated since 2.7.0 and ignored (Debian still sets it).", aliases=("SYSLOG_LEVEL",))
+setting("logline_maxlen", 980, t.integer(50), GLOBAL, "Syslog lines are split above this.")
+setting("nanny_details_level", 1, t.integer(0, 2), GLOBAL,
+        "Which child states reach the stats segment (1: the main ones, 2: all).")
+setting("DEBUG", None, t.boolean, GLOBAL, "Debug mode (set by 'amavisd debug').")
+
+
+def defaults() -> dict[str, Any]:
+    """Fresh copies of every default (mutable defaults are copied, never shared)."""
+    import copy
+
+    return {name: copy.deepcopy(s.default) for name, s in REGISTRY.items()}
+
+
+BANK_KEYS = frozenset(name for name, s in REGISTRY.items() if s.scope == BANK)
+
+
+@dataclass
+class Origins:
+    """Where each value came from: 'default', 'derived', 'file:line' or 'command line'."""
+
+    where: dict[str, str] = field(default_factory=dict)

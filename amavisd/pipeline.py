@@ -1,0 +1,204 @@
+"""The order of work on one message: the only code that knows it.
+
+Runs in the child, inside its reactor, once DATA is spooled.  Steps (spec/
+pipeline.md section 2, as far as the relay path goes): mail_id, header facts,
+checks (none yet: content checks are their own issues), ``decide``, forward the
+passed recipients, turn next-hop failures into CC_MTA, then counters and the
+main log line.  The SMTP reply is computed by the protocol from the recipients
+afterwards; nothing here talks to the client.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from twisted.internet import defer
+
+from amavisd import decide as decider
+from amavisd import ids
+from amavisd import log as amavis_log
+from amavisd.actions.forward import forward
+from amavisd.constants import (
+    CCAT_DISPLAY_NAMES_MAJOR,
+    D_PASS,
+    ST_CHECK_DONE,
+    ST_CHECKING,
+    ST_FORWARDING,
+    ST_MAIL_ID,
+    ST_RESULTS,
+)
+from amavisd.errors import Reply, TempFail
+from amavisd.header import header_facts, oldest_public_ip, read_header_block
+from amavisd.logline import direction, main_log_lines, status_word, timing_report
+from amavisd.lookups import domain_acl_match
+from amavisd.message import Message
+from amavisd.received import received_field
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Timing:
+    """Section timings of one message, for the TIMING line and TimeElapsed* counters."""
+
+    start: float = field(default_factory=time.monotonic)
+    last: float = 0.0
+    sections: list[tuple[str, float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.last = self.start
+
+    def mark(self, name: str) -> None:
+        now = time.monotonic()
+        self.sections.append((name, (now - self.last) * 1000.0))
+        self.last = now
+
+    def total_ms(self) -> float:
+        return (time.monotonic() - self.start) * 1000.0
+
+
+class Pipeline:
+    """Processes messages for one child; ``stats`` is the child's stats writer."""
+
+    def __init__(self, config, stats, reactor) -> None:
+        self.config = config
+        self.stats = stats
+        self.reactor = reactor
+
+    def is_local(self, view, address: str) -> bool:
+        return bool(domain_acl_match(address, view.local_domains_acl or []))
+
+    @defer.inlineCallbacks
+    def process(self, msg: Message, view):
+        """Check, decide, forward; fills every recipient's reply, destiny and done."""
+        timing = Timing(start=msg.rx_start or time.monotonic())
+        timing.mark("SMTP DATA")
+        self.stats.set_state(ST_CHECKING)
+        msg.policy_bank_path = view.policy_bank_path
+        msg.originating = bool(view.originating)
+        self.stats.set_state(ST_MAIL_ID)
+        msg.mail_id, msg.secret_id = ids.generate_mail_id(self.config.mail_id_size_bits)
+        try:
+            facts = header_facts(read_header_block(msg.spool_path))
+        except OSError as exc:
+            raise TempFail("collect_info", str(exc)) from exc
+        if msg.client.addr is None and msg.client.mta_addr:
+            msg.client.addr = msg.client.mta_addr     # section 3.11: from the top trace entry
+        timing.mark("collect_info")
+        self.stats.set_state(ST_RESULTS)
+        decider.decide(msg)
+        timing.mark("decide_mail_destiny")
+        self.stats.set_state(ST_FORWARDING)
+        yield self._forward(msg, view)
+        for rcpt in msg.recipients:
+            if rcpt.done == 2:
+                decider.apply_mta_failure(rcpt, msg.log_id)
+        timing.mark("forwarding")
+        self._count(msg, view, timing)
+        self.stats.set_state(ST_CHECK_DONE)
+        origin_ip = oldest_public_ip(facts.received)
+        for line in main_log_lines(msg, facts, lambda a: self.is_local(view, a),
+                                   timing.total_ms(), origin_ip):
+            amavis_log.do_log(0, "%s", line)
+        if logging.getLogger().isEnabledFor(amavis_log.py_level(2)):
+            amavis_log.do_log(2, "%s", timing_report(msg.size, timing.sections,
+                                                     timing.total_ms()))
+
+    def _forward(self, msg: Message, view):
+        """One transaction per distinct delivery method among the passed recipients."""
+        groups: OrderedDict[str, list] = OrderedDict()
+        methods: dict[str, object] = {}
+        for rcpt in msg.recipients:
+            if rcpt.done or rcpt.destiny != D_PASS:
+                continue
+            method = view.forward_method
+            rcpt.delivery_method = method
+            key = repr(method)
+            groups.setdefault(key, []).append(rcpt)
+            methods[key] = method
+        calls = []
+        deadline = time.time() + float(view.child_timeout)
+        for key, rcpts in groups.items():
+            method = methods[key]
+            if not method:
+                for rcpt in rcpts:        # the AM.PDP client delivers (section 5.1)
+                    rcpt.reply = Reply(250, "2.5.0", f"Ok, id={msg.log_id}, continue delivery")
+                continue
+            prefix = b""
+            if (view.allowed_added_header_fields or {}).get("received"):
+                prefix = received_field(msg, view, msg.rx_time)
+            calls.append(forward(msg, rcpts, method, prefix, view, self.reactor,
+                                 per_recipient_capable=msg.lmtp, deadline=deadline))
+        return defer.gatherResults(calls, consumeErrors=True) if calls else defer.succeed(None)
+
+    def _count(self, msg: Message, view, timing: Timing) -> None:
+        """The counters the relay path moves (monitoring.md section 1.3)."""
+        add = self.stats.add
+        nrcpt = len(msg.recipients)
+        local = [self.is_local(view, r.address) for r in msg.recipients]
+        dirs = []
+        if any(local):
+            dirs.append(direction(True, msg.originating))
+        if not all(local):
+            dirs.append(direction(False, msg.originating))
+        add("InMsgs")
+        add("InMsgsRecips", nrcpt)
+        add("InMsgsSize", msg.size)
+        if msg.sender == "":
+            add("InMsgsBounceNullRPath")
+        if msg.originating:
+            add("InMsgsOriginating")
+            add("InMsgsRecipsOriginating", nrcpt)
+            add("InMsgsSizeOriginating", msg.size)
+        nlocal = sum(local)
+        for d in dirs:
+            add(f"InMsgs{d}")
+            add(f"InMsgsSize{d}", msg.size)
+            add(f"InMsgsRecips{d}", nlocal if d in ("Inbound", "Internal") else nrcpt - nlocal)
+        if nlocal:
+            add("InMsgsRecipsLocal", nlocal)
+        ccat = msg.findings.get("ccat_main", "1")
+        blocking = [r.ccat_blocking for r in msg.recipients if r.ccat_blocking]
+        if blocking:
+            ccat = max(blocking, key=lambda c: tuple(int(x) for x in c.split(",")))
+        name = CCAT_DISPLAY_NAMES_MAJOR[int(ccat.split(",")[0])]
+        add(f"Content{name}Msgs")
+        for d in dirs:
+            add(f"Content{name}Msgs{d}")
+        statuses = []
+        for rcpt, is_local in zip(msg.recipients, local, strict=True):
+            word = status_word(rcpt)
+            if word == "Relayed":
+                word = "RelayedUntagged"
+            if (word, is_local) not in statuses:
+                statuses.append((word, is_local))
+        seen = set()
+        for word, is_local in statuses:
+            if word not in seen:
+                add(f"InMsgsStatus{word}")
+                seen.add(word)
+            add(f"InMsgsStatus{word}{direction(is_local, msg.originating)}")
+        if "RelayedUntagged" in seen or "RelayedTagged" in seen:
+            add("InMsgsStatusRelayed")
+        forwarded = [r for r in msg.recipients if r.done == 2]
+        if forwarded:
+            add("OutMsgs")
+            add("OutMsgsSize", msg.size)
+            add("OutMsgsRelay")
+            add("OutMsgsSizeRelay", msg.size)
+            for rcpt in forwarded:
+                if rcpt.reply is None:
+                    continue
+                if rcpt.reply.is_ok:
+                    add("OutMsgsDelivers")
+                elif rcpt.reply.is_tempfail:
+                    add("OutMsgsAttemptFails")
+                else:
+                    add("OutMsgsRejects")
+        elapsed = dict(timing.sections)
+        add("TimeElapsedReceiving", int(elapsed.get("SMTP DATA", 0)))
+        add("TimeElapsedSending", int(elapsed.get("forwarding", 0)))
+        add("TimeElapsedTotal", int(timing.total_ms()))
