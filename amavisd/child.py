@@ -67,6 +67,7 @@ class Child:
         self.tempdir = ""
         self.stats = None
         self.reactor = None
+        self.pipeline = None
 
     # ---------------------------------------------------------------- boot
     def run(self) -> int:
@@ -88,6 +89,9 @@ class Child:
                                          nanny_details_level=self.config.nanny_details_level)
         self.stats.child_started()
         self.tempdir = make_tempdir(self.config.TEMPBASE, os.getpid())
+        from amavisd.pipeline import Pipeline
+
+        self.pipeline = Pipeline(self.config, self.stats, reactor)
         self._adopt_ports()
         from twisted.internet.task import LoopingCall
 

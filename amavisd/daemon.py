@@ -82,6 +82,11 @@ def run(config, opts, mode: str) -> int:
     if identity is not None and os.geteuid() == 0:
         os.chown(stats_path, identity.uid, identity.gid)
 
+    # everything the master and its children import is loaded while still root: the
+    # daemon user may not be able to read the Python installation (and forks are faster)
+    from amavisd.master import Master, preimport
+
+    preimport()
     try:
         privileges.drop(identity, config.daemon_chroot_dir)
         privileges.check_not_writable(config.files)
@@ -98,9 +103,6 @@ def run(config, opts, mode: str) -> int:
                       _log_target(config))
     log.info("Amavis (%s pool of %d) starting!", kind, config.max_servers)
 
-    from amavisd.master import Master, preimport
-
-    preimport()
     gc.collect()
     gc.freeze()
     master = Master(config, specs, segment, program, opts, pid_file, handler)

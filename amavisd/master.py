@@ -73,6 +73,7 @@ def preimport() -> None:
     import email.parser
     import email.policy  # noqa: F401
 
+    import setproctitle  # noqa: F401
     import twisted.internet.epollreactor
     import twisted.internet.protocol
     import twisted.internet.ssl  # noqa: F401

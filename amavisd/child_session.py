@@ -1,0 +1,130 @@
+"""Per-connection glue in the child: socket -> policy bank, ACL, protocol, handler.
+
+Runs in the child.  ``SessionFactory.buildProtocol`` is called for each accepted
+connection: it loads the base and interface banks, applies ``@inet_acl`` (a
+denied client is closed with no byte sent, spec/protocols.md section 2.3), picks
+the protocol from the bank (section 2.4) and builds the SMTP/LMTP server with an
+``SmtpSession`` handler, which is where the protocol meets policy: ids, temp
+files, banks by client IP, nanny states, and the pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from twisted.internet import defer
+from twisted.internet.protocol import ServerFactory
+
+from amavisd import ids
+from amavisd import log as amavis_log
+from amavisd.config.model import BankView
+from amavisd.constants import ST_IDLE
+from amavisd.lookups import ip_acl_match
+from amavisd.message import ClientInfo, Message
+
+log = logging.getLogger(__name__)
+
+
+class SessionFactory(ServerFactory):
+    """One per listening socket of the child."""
+
+    noisy = False
+
+    def __init__(self, child, spec) -> None:
+        self.child = child
+        self.spec = spec
+        self.port = None
+
+    def buildProtocol(self, addr):
+        child = self.child
+        view = child.base_view(self.spec)
+        peer_ip = getattr(addr, "host", None)
+        if self.spec.kind == "inet":
+            allowed, rule = child.allowed(view, peer_ip)
+            if not allowed:
+                how = f", blocked by rule {rule}" if rule else ""
+                log.warning("DENIED ACCESS from IP %s, policy bank '%s'%s", peer_ip,
+                            view.policy_bank_path, how)
+                child.connection_refused(self.port)
+                return None                          # Twisted closes it: no byte sent
+        protocol = view.protocol
+        if protocol in (None, "SMTP", "LMTP"):
+            if protocol is None and self.spec.kind == "unix":
+                log.error("TROUBLE in process_request: protocol not specified, UNIX")
+                child.connection_refused(self.port)
+                return None
+            from amavisd.protocols.smtp_server import SMTPServer
+
+            handler = SmtpSession(child, view)
+            server = SMTPServer(handler, reactor=child.reactor)
+            handler.server = server
+            child.session_opened(server)
+            return server
+        log.error("TROUBLE in process_request: protocol %s is not available in this "
+                  "version (on %s)", protocol, self.spec.label)
+        child.connection_refused(self.port)
+        return None
+
+
+class SmtpSession:
+    """The ``SessionHandler`` of one SMTP/LMTP session (see protocols/smtp_server.py)."""
+
+    def __init__(self, child, view: BankView) -> None:
+        self.child = child
+        self.baseline = view                 # interface banks: restored after each transaction
+        self.settings: BankView = view.copy()
+        self.server = None
+        self.transactions = 0
+        self.log_id = ""
+        self.started = time.monotonic()
+        self.task_started = self.started
+        self.ended = False
+
+    # -- SessionHandler -------------------------------------------------------
+    def session_started(self, client: ClientInfo) -> None:
+        self.child._set_title(f"ch{self.child.connections}-idle")
+
+    def transaction_started(self) -> tuple[str, Path]:
+        self.transactions += 1
+        self.child.tasks += 1
+        self.log_id = ids.log_id(os.getpid(), self.child.connections, self.transactions)
+        amavis_log.set_task_id(self.log_id)
+        if self.transactions > 1:
+            self.task_started = time.monotonic()
+        self.child._set_title(f"ch{self.child.connections}-{self.log_id}")
+        return self.log_id, Path(self.child.tempdir) / "email.txt"
+
+    def client_info_at_mail(self, client: ClientInfo) -> None:
+        """Banks by client IP (``@client_ipaddr_policy``: MYNETS from ``@mynetworks``).
+
+        The key is the XFORWARD client address, or 0.0.0.0 when unknown (section 2.2).
+        """
+        key = client.addr or "0.0.0.0"
+        result, _ = ip_acl_match(key, self.settings.mynetworks or [])
+        if result:
+            self.settings.load("MYNETS")
+
+    def state(self, letter: str) -> None:
+        self.child.stats.set_state(letter, self.log_id)
+
+    def recipient_size_policy(self, rcpt):
+        return None                          # @message_size_limit_maps: with the lookups issue
+
+    def process(self, msg: Message) -> defer.Deferred:
+        msg.rx_start = self.task_started
+        return defer.maybeDeferred(self.child.pipeline.process, msg, self.settings)
+
+    def transaction_ended(self, msg: Message | None) -> None:
+        self.settings = self.baseline.copy()
+        if msg is not None:
+            self.child.stats.set_state(ST_IDLE, None)
+            self.child._set_title(f"ch{self.child.connections}-{self.log_id}-idle")
+
+    def session_ended(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        self.child.session_closed()

@@ -1,0 +1,445 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: the Perl amavisd (via the anchor harness) against our daemon.
+
+Why: "as fast as the Perl one" is only meaningful when both run on the same machine, with
+the same messages, the same sink and the same client, one after the other.  This script
+does exactly that and prints a markdown table (msgs/s, p50, p99, CPU busy %, ratio
+ours/Perl per cell) to stdout; progress goes to stderr.
+
+    python bench/compare.py                    # anchor from $ANCHOR or ../shared/anchor
+    ANCHOR=/tmp/anchor python bench/compare.py --repeat 3
+    python bench/compare.py --skip-perl        # only our daemon
+
+Sink: both daemons forward to OUR sink (bench/sink.py) on 127.0.0.1:31025, the port the
+anchor's Perl config forwards to; the anchor's own smtp-sink must not be running (the
+script refuses to start when 31025 is taken).  One sink for both keeps the far side equal.
+
+The anchor dir is only read here to start the Perl amavisd; when it is not writable by
+mode (the shared copy is read-only) it is copied to /tmp/anchor and its setup.sh is run
+there, because setup.sh writes keys and DB files below its own directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import statistics
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "bench"
+SINK_PORT = 31025
+PERL_PORT = 31024
+OURS_PORT = 32024
+PERL_PIDFILE = "/tmp/anchor-amavis.pid"
+OURS_HOME = "/tmp/amavisd-bench"
+OURS_CONF = BENCH / "conf" / "amavisd-pass.conf"
+ANCHOR_COPY = Path("/tmp/anchor")
+
+
+def log(msg: str) -> None:
+    print("[compare] " + msg, file=sys.stderr, flush=True)
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), 0.5):
+            return True
+    except OSError:
+        return False
+
+
+def wait_banner(port: int, timeout: float, proc: subprocess.Popen | None = None) -> bool:
+    """True once 127.0.0.1:port answers 220; False on timeout or when proc exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), 1) as s:
+                s.settimeout(5)
+                if s.recv(512).startswith(b"220"):
+                    s.sendall(b"QUIT\r\n")
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(name))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+# ------------------------------------------------------------------------------ anchor
+def writable_by_mode(path: Path) -> bool:
+    """Root passes os.access() everywhere, so look at the mode bits: the shared anchor is
+    laid out without write bits and must not be written to even by root."""
+    try:
+        return all(os.stat(p).st_mode & stat.S_IWUSR for p in (path, path / "conf"))
+    except OSError:
+        return False
+
+
+def prepare_anchor(anchor: Path) -> Path | None:
+    """Return a usable anchor dir (set up), or None with a message when there is none."""
+    if not (anchor / "amavisd.sh").is_file():
+        log(f"anchor dir {anchor} not found (no amavisd.sh): skipping the Perl side; "
+            "pass --anchor DIR or ANCHOR=DIR")
+        return None
+    if not writable_by_mode(anchor) and anchor.resolve() != ANCHOR_COPY.resolve():
+        log(f"anchor {anchor} is read-only: copying it to {ANCHOR_COPY}")
+        shutil.rmtree(ANCHOR_COPY, ignore_errors=True)
+        shutil.copytree(anchor, ANCHOR_COPY, symlinks=True)
+        for root, dirs, files in os.walk(ANCHOR_COPY):
+            for n in dirs + files:
+                p = os.path.join(root, n)
+                if not os.path.islink(p):
+                    os.chmod(p, os.stat(p).st_mode | stat.S_IWUSR)
+        os.chmod(ANCHOR_COPY, os.stat(ANCHOR_COPY).st_mode | stat.S_IWUSR)
+        anchor = ANCHOR_COPY
+    log(f"running {anchor}/setup.sh")
+    r = subprocess.run([str(anchor / "setup.sh")], capture_output=True, text=True, check=False)
+    if r.returncode:
+        tail = (r.stdout + r.stderr).strip()[-800:]
+        log(f"anchor setup.sh failed (rc {r.returncode}): {tail}: skipping the Perl side")
+        return None
+    return anchor
+
+
+# ------------------------------------------------------------------------------- sink
+class Sink:
+    """Our bench sink on 127.0.0.1:31025, started fresh (empty dir) for the whole run."""
+
+    def __init__(self, work: Path) -> None:
+        self.dir = work / "sink"
+        self.proc: subprocess.Popen | None = None
+        self.logf = work / "sink.log"
+
+    def start(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+        with open(self.logf, "wb") as lf:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(BENCH / "sink.py"), "--port", str(SINK_PORT),
+                 "--dir", str(self.dir)], stdout=lf, stderr=lf, stdin=subprocess.DEVNULL)
+        if not wait_banner(SINK_PORT, 10, self.proc):
+            raise SystemExit(f"sink did not start: {self.logf.read_text()[-500:]}")
+        log(f"sink pid {self.proc.pid} on 127.0.0.1:{SINK_PORT} -> {self.dir}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# ----------------------------------------------------------------------------- daemons
+class PerlDaemon:
+    """The Perl amavisd through the anchor's amavisd.sh (profile pass)."""
+
+    name = "perl"
+    port = PERL_PORT
+
+    def __init__(self, anchor: Path, max_servers: int) -> None:
+        self.anchor = anchor
+        self.max_servers = max_servers
+
+    def start(self) -> int:
+        r = subprocess.run([str(self.anchor / "amavisd.sh"), "start", "pass",
+                            str(self.max_servers)], capture_output=True, text=True,
+                           check=False)
+        out = (r.stdout + r.stderr).strip()
+        log("perl: " + out.replace("\n", " | "))
+        if r.returncode or not port_open(self.port):
+            raise RuntimeError("Perl amavisd did not start")
+        return int(Path(PERL_PIDFILE).read_text().split()[0])
+
+    def stop(self) -> None:
+        r = subprocess.run([str(self.anchor / "amavisd.sh"), "stop"],
+                           capture_output=True, text=True, check=False)
+        log("perl: " + (r.stdout + r.stderr).strip())
+
+
+def find_our_amavisd() -> list[str] | None:
+    """Command prefix for OUR daemon, or None.  /usr/sbin/amavisd is the Perl one (Debian
+    package), so a plain PATH lookup is not enough: accept a script whose first line does
+    not mention perl, preferring the one installed next to this Python."""
+    env = os.environ.get("AMAVISD_CMD")
+    if env:
+        return env.split()
+    candidates = [Path(sysconfig.get_path("scripts")) / "amavisd"]
+    found = shutil.which("amavisd")
+    if found:
+        candidates.append(Path(found))
+    for c in candidates:
+        try:
+            first = c.open("rb").readline()
+        except OSError:
+            continue
+        if b"perl" not in first and os.access(c, os.X_OK):
+            return [str(c)]
+    return None
+
+
+class OurDaemon:
+    """Our daemon in the foreground, in the background of this script."""
+
+    name = "ours"
+    port = OURS_PORT
+
+    def __init__(self, cmd: list[str], max_servers: int, work: Path) -> None:
+        self.cmd = cmd + ["-c", str(OURS_CONF), "-m", str(max_servers), "foreground"]
+        self.work = work
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> int:
+        shutil.rmtree(OURS_HOME, ignore_errors=True)
+        for d in (OURS_HOME, OURS_HOME + "/tmp", OURS_HOME + "/db"):
+            os.makedirs(d, exist_ok=True)
+            shutil.chown(d, "amavis", "amavis")
+        logf = self.work / "ours.stdout"
+        log("ours: " + " ".join(self.cmd))
+        with open(logf, "wb") as lf:
+            self.proc = subprocess.Popen(self.cmd, stdout=lf, stderr=lf, cwd=REPO,
+                                         stdin=subprocess.DEVNULL)
+        t0 = time.monotonic()
+        if not wait_banner(self.port, 60, self.proc):
+            self.stop()
+            tail = logf.read_text(errors="replace")[-1500:]
+            raise RuntimeError(f"our amavisd did not answer on {self.port}: {tail}")
+        log(f"ours: pid {self.proc.pid} up in {time.monotonic() - t0:.1f}s")
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if not self.proc or self.proc.poll() is not None:
+            return
+        kids = children_of(self.proc.pid)
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for k in kids:
+            try:
+                os.kill(k, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        log("ours: stopped")
+
+
+# ------------------------------------------------------------------------------- runs
+def run_matrix(daemon, pid: int, args: argparse.Namespace, sink: Sink,
+               results: list[dict], target_port: int | None = None) -> None:
+    port = target_port or daemon.port
+    for size in args.sizes:
+        for conc in args.concs:
+            for rep in range(args.repeat):
+                label = f"{daemon.name}-{size}-c{conc}-r{rep + 1}"
+                count = args.count_100k if size == "100k" else args.count_4k
+                cmd = [sys.executable, str(BENCH / "loadgen.py"), f"127.0.0.1:{port}",
+                       "--size", size, "--count", str(count), "--concurrency", str(conc),
+                       "--sink-dir", str(sink.dir), "--label", label,
+                       "--json", str(args.json)]
+                if pid:
+                    cmd += ["--mem-pid", str(pid)]
+                r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                log((r.stdout.strip() or r.stderr.strip()) + ("" if r.returncode == 0
+                                                              else "  [FAILED]"))
+                if r.stderr.strip() and r.returncode:
+                    log(r.stderr.strip()[-500:])
+                with open(args.json) as f:
+                    last = f.read().splitlines()[-1:]
+                rec = json.loads(last[0]) if last else {}
+                if rec.get("label") == label:
+                    rec["who"] = daemon.name
+                    rec["size"] = size
+                    rec["rc"] = r.returncode
+                    results.append(rec)
+
+
+def load_results(paths: list[str]) -> list[dict]:
+    """Records of earlier runs; who/size come from the label compare.py gave each run
+    (``perl-4k-c2-r1``), so Perl and our runs can be measured at different times."""
+    out = []
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            rec = json.loads(line)
+            parts = str(rec.get("label", "")).split("-")
+            if len(parts) < 2 or parts[0] not in ("perl", "ours", "sink"):
+                continue
+            rec["who"], rec["size"] = parts[0], parts[1]
+            rec["rc"] = int(bool(rec.get("errors") or rec.get("lost") or rec.get("duplicates")))
+            out.append(rec)
+    return out
+
+
+def median_cell(results: list[dict], who: str, size: str, conc: int) -> dict | None:
+    rs = [r for r in results if r["who"] == who and r["size"] == size
+          and r["concurrency"] == conc]
+    if not rs:
+        return None
+    return {"msgs": statistics.median(r["msgs_per_s"] for r in rs),
+            "p50": statistics.median(r["lat_ms"]["p50"] for r in rs),
+            "p99": statistics.median(r["lat_ms"]["p99"] for r in rs),
+            "cpu": statistics.median(r["cpu_busy_pct"] or 0 for r in rs),
+            "n": len(rs), "bad": sum(1 for r in rs if r["rc"]),
+            "peak": max((r.get("mem", {}).get("max_child_peak_kB") or 0) for r in rs)}
+
+
+def fmt(v: float | None, nd: int = 1) -> str:
+    return "-" if v is None else f"{v:.{nd}f}"
+
+
+def ratio(a: dict | None, b: dict | None, key: str) -> str:
+    if not a or not b or not b[key]:
+        return "-"
+    return "%.2f" % (a[key] / b[key])
+
+
+def table(results: list[dict], args: argparse.Namespace) -> str:
+    head = ("| size | conc | Perl msgs/s | ours msgs/s | ratio | Perl p50 ms | ours p50 ms | "
+            "ratio | Perl p99 ms | ours p99 ms | ratio | Perl CPU % | ours CPU % | "
+            "runs (failed) |\n" + "|---" * 14 + "|")
+    rows = [head]
+    for size in args.sizes:
+        for conc in args.concs:
+            p = median_cell(results, "perl", size, conc)
+            o = median_cell(results, "ours", size, conc)
+            if not p and not o:
+                continue
+            runs = " / ".join(f"{w} {c['n']} ({c['bad']})"
+                              for w, c in (("P", p), ("O", o)) if c)
+            cells = [size, str(conc), fmt(p and p["msgs"]), fmt(o and o["msgs"]),
+                     ratio(o, p, "msgs"), fmt(p and p["p50"]), fmt(o and o["p50"]),
+                     ratio(o, p, "p50"), fmt(p and p["p99"]), fmt(o and o["p99"]),
+                     ratio(o, p, "p99"), fmt(p and p["cpu"], 0), fmt(o and o["cpu"], 0), runs]
+            rows.append("| " + " | ".join(cells) + " |")
+    sinks = [r for r in results if r["who"] == "sink"]
+    if sinks:
+        rows.append("")
+        rows.append("Sink alone (loadgen -> bench/sink.py, no filter): " + ", ".join(
+            f"{r['size']} c={r['concurrency']} {r['msgs_per_s']:.0f} msgs/s"
+            for r in sinks))
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--anchor", default=os.environ.get("ANCHOR",
+                                                       str(REPO.parent / "shared" / "anchor")),
+                    help="anchor harness dir (default $ANCHOR or ../shared/anchor)")
+    ap.add_argument("--sizes", default="4k,100k")
+    ap.add_argument("--concs", default="1,2")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--count-4k", type=int, default=300)
+    ap.add_argument("--count-100k", type=int, default=150)
+    ap.add_argument("--max-servers", type=int, default=2)
+    ap.add_argument("--work", default="/tmp/amavisd-bench-compare",
+                    help="sink dir, logs and raw JSON lines go here")
+    ap.add_argument("--json", help="raw results (default WORK/results.jsonl)")
+    ap.add_argument("--skip-perl", action="store_true")
+    ap.add_argument("--skip-ours", action="store_true")
+    ap.add_argument("--no-sink-baseline", action="store_true",
+                    help="do not measure the sink alone first")
+    ap.add_argument("--report", nargs="+", metavar="JSONL",
+                    help="no runs: print the table from results.jsonl files of earlier runs")
+    args = ap.parse_args(argv)
+    args.sizes = args.sizes.split(",")
+    args.concs = [int(c) for c in args.concs.split(",")]
+    if args.report:
+        print(table(load_results(args.report), args))
+        return 0
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    args.json = Path(args.json or work / "results.jsonl")
+    args.json.write_text("")
+    if os.geteuid() != 0:
+        log("must run as root (the daemons drop privileges to user amavis themselves)")
+        return 2
+    busy = [p for p in (SINK_PORT, PERL_PORT, OURS_PORT) if port_open(p)]
+    if busy:
+        log(f"ports already in use: {busy} (stop the anchor sink/amavisd or other runs first)")
+        return 2
+
+    results: list[dict] = []
+    sink = Sink(work)
+    sink.start()
+    skipped: list[str] = []
+    failed = False
+    try:
+        if not args.no_sink_baseline:
+            class _S:  # the sink alone, as the physical limit of client + sink
+                name, port = "sink", SINK_PORT
+            run_matrix(_S, 0, argparse.Namespace(**{**vars(args), "repeat": 1}), sink,
+                       results)
+        if args.skip_perl:
+            skipped.append("Perl (--skip-perl)")
+        else:
+            anchor = prepare_anchor(Path(args.anchor))
+            if anchor is None:
+                skipped.append("Perl (anchor missing or setup failed)")
+            else:
+                perl = PerlDaemon(anchor, args.max_servers)
+                try:
+                    run_matrix(perl, perl.start(), args, sink, results)
+                finally:
+                    perl.stop()
+        if args.skip_ours:
+            skipped.append("ours (--skip-ours)")
+        else:
+            cmd = find_our_amavisd()
+            if cmd is None:
+                log(f"OUR amavisd is not installed (no non-Perl 'amavisd' next to "
+                    f"{sys.executable} or in PATH; `pip install -e .` or set AMAVISD_CMD): "
+                    "skipping our side")
+                skipped.append("ours (not installed)")
+            else:
+                ours = OurDaemon(cmd, args.max_servers, work)
+                try:
+                    run_matrix(ours, ours.start(), args, sink, results)
+                except RuntimeError as e:
+                    log(str(e))
+                    skipped.append("ours (failed to start)")
+                    failed = True
+                finally:
+                    ours.stop()
+    finally:
+        sink.stop()
+
+    when = time.strftime("%Y-%m-%d %H:%M")
+    print(f"<!-- bench/compare.py {when}, {os.uname().nodename}, repeats {args.repeat}, "
+          f"counts 4k={args.count_4k} 100k={args.count_100k}, "
+          f"max_servers {args.max_servers}; medians; ratio = ours/Perl -->")
+    print(table(results, args))
+    if skipped:
+        print("\nNot measured: " + "; ".join(skipped))
+    bad = failed or any(r["rc"] for r in results)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
