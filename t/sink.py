@@ -231,7 +231,7 @@ class _Handler(socketserver.StreamRequestHandler):
             import io
             return io.BytesIO(), None
         path = directory / f"{qid}.eml"
-        out: BinaryIO = open(path, "wb")  # noqa: SIM115
+        out: BinaryIO = open(path, "wb")  # closed by data()
         return out, path
 
     def dot_replies(self, qid: str) -> None:

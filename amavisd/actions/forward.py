@@ -450,6 +450,15 @@ class _PipeProtocol(protocol.ProcessProtocol):
         self.done.callback(code if code is not None else f"killed by signal {sig}")
 
 
+def _kill(proto: _PipeProtocol, log_id: str) -> None:
+    """The child deadline passed: the program gets KILL, its status then says so."""
+    log.warning("(%s) pipe: program still running at the deadline, killing it", log_id)
+    try:
+        proto.transport.signalProcess("KILL")
+    except error.ProcessExitedAlready:
+        pass
+
+
 @defer.inlineCallbacks
 def _forward_pipe(msg: Message, recipients: list[Recipient], m: Method, header_prefix: bytes,
                   settings: Any, reactor: Any, deadline: float, clock: Any) -> Any:
@@ -467,8 +476,7 @@ def _forward_pipe(msg: Message, recipients: list[Recipient], m: Method, header_p
         _fail_all(recipients, Reply(451, "4.5.0", f"Failed to submit a message: {exc}, "
                                                   f"id={msg.log_id}"), 2)
         return None
-    timer = clock.callLater(max(60.0, deadline - clock.seconds()),
-                            lambda: proto.transport.signalProcess("KILL"))
+    timer = clock.callLater(max(60.0, deadline - clock.seconds()), _kill, proto, msg.log_id)
     status = yield proto.done
     if timer.active():
         timer.cancel()

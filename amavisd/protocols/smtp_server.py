@@ -924,7 +924,7 @@ class SMTPServer(Protocol):
             self._reply(_r(503, "5.5.1", "Need RCPT command before DATA"))
             return
         if not txn.recipients:
-            code = 554
+            code = 503 if self.lmtp else 554
             self._reply(_r(code, "5.1.1", "Error (DATA): no valid recipients"))
             return
         if args:

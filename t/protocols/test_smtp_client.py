@@ -415,3 +415,29 @@ def test_reply_type_is_errors_reply(tmp_path: Path) -> None:
     s = Session(_msg(tmp_path))
     s.server(b"554 no\r\n")
     assert isinstance(s.outcome[0].error.reply(MTA, "x"), Reply)
+
+
+def test_tcp_nodelay_is_set(tmp_path: Path) -> None:
+    """Perl lost ~40 ms per larger message without TCP_NODELAY (brief, spec 5.3)."""
+    calls: list[bool] = []
+
+    class NoDelayTransport(StringTransport):
+        def setTcpNoDelay(self, enabled: bool) -> None:
+            calls.append(enabled)
+
+    msg = _msg(tmp_path)
+    proto = ForwardClient(msg, msg.recipients, b"", ClientOptions(), lmtp=False,
+                          per_recipient_capable=False, eight_bit=False, mta_id=MTA,
+                          clock=Clock())
+    proto.makeConnection(NoDelayTransport())
+    assert calls == [True]
+
+
+def test_pipelined_data_accepted_without_valid_recipient_sends_a_lone_dot(tmp_path: Path) -> None:
+    """RFC 2920 via spec 5.3 step 12: an empty body and a lone '.'."""
+    s = Session(_msg(tmp_path, _rcpts("rej")))
+    s.server(b"220 hi\r\n")
+    s.server(EHLO_FULL)
+    assert s.server(b"250 ok\r\n550 5.1.1 no\r\n354 go\r\n") == b".\r\n"
+    assert s.server(b"554 no valid recipients\r\n") == b"QUIT\r\n"
+    assert s.replies() == [f"550 5.1.1 from MTA({MTA}): 550 5.1.1 no"]

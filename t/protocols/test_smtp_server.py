@@ -966,3 +966,90 @@ def test_haproxy_bad_header_closes_silently(tmp_path, line):
     assert s.cmd(line) == []
     assert s.transport.disconnecting
     assert "session_started" not in h.names()
+
+
+# --- a real socket: STARTTLS over TCP, pause/resume, a large message -------------------------
+
+LIVE_SERVER = r'''
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from twisted.internet import defer, reactor
+from twisted.internet.protocol import Factory
+from amavisd.errors import Reply
+from amavisd.protocols.smtp_server import SMTPServer
+
+certs, tmp = Path(sys.argv[1]), Path(sys.argv[2])
+settings = SimpleNamespace(
+    smtpd_timeout=30, smtpd_greeting_banner="${helo-name} ${protocol} ${product} service ready",
+    smtpd_quit_banner="${helo-name} ${product} closing transmission channel",
+    smtpd_message_size_limit=None, enforce_smtpd_message_size_limit_64kb_min=1,
+    smtpd_recipient_limit=1100, smtpd_discard_ehlo_keywords=[], tls_security_level_in="may",
+    smtpd_tls_server_options={"SSL_cert_file": str(certs / "localhost.crt"),
+                              "SSL_key_file": str(certs / "localhost.key")},
+    auth_mech_avail=[], auth_required_inp=None, haproxy_target_enabled=None, protocol=None,
+    myhostname="localhost")
+
+class Handler:
+    settings = settings
+    n = 0
+    def session_started(self, client): pass
+    def transaction_started(self):
+        Handler.n += 1
+        return f"live-{Handler.n:02d}", tmp / f"email-{Handler.n}.txt"
+    def client_info_at_mail(self, client): pass
+    def state(self, letter): pass
+    def process(self, msg):
+        d = defer.Deferred()
+        def done():
+            for r in msg.recipients:
+                r.reply = Reply(250, "2.0.0", f"Ok size={msg.size} proto={msg.protocol} "
+                                              f"cipher={bool(msg.tls_cipher)}")
+                r.destiny, r.done = 1, 1
+            d.callback(None)
+        reactor.callLater(0.05, done)
+        return d
+    def transaction_ended(self, msg): pass
+    def session_ended(self): reactor.callLater(0, reactor.stop)
+
+port = reactor.listenTCP(0, Factory.forProtocol(lambda: SMTPServer(Handler(), reactor=reactor)),
+                         interface="127.0.0.1")
+print(port.getHost().port, flush=True)
+reactor.run()
+'''
+
+
+def test_live_starttls_and_big_message(tmp_path):
+    """Through a real TCP socket: STARTTLS handshake, then a 3 MB message over TLS."""
+    import smtplib
+    import ssl
+    import subprocess
+    import sys
+
+    root = CERT_DIR.parent.parent
+    proc = subprocess.Popen([sys.executable, "-c", LIVE_SERVER, str(CERT_DIR), str(tmp_path)],
+                            cwd=root, stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with smtplib.SMTP("127.0.0.1", port, timeout=20) as client:
+            assert client.ehlo()[0] == 250 and client.has_extn("starttls")
+            assert client.starttls(context=context)[0] == 220
+            client.ehlo()
+            assert not client.has_extn("starttls")
+            body = b"Subject: big\r\n\r\n" + b".leading dot line\r\n" * 160_000
+            assert client.mail("a@example.org")[0] == 250
+            assert client.rcpt("b@example.org")[0] == 250
+            code, text = client.data(body)
+        expected_size = len(body)      # smtplib's stuffing dots do not count (RFC 1870)
+        assert (code, text.decode()) == (
+            250, f"2.0.0 Ok size={expected_size} proto=ESMTPS cipher=True")
+        assert proc.wait(timeout=20) == 0
+        assert (tmp_path / "email-1.txt").read_bytes() == body.replace(b"\r\n", b"\n")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
