@@ -31,6 +31,8 @@ from amavisd.lookups import ip_acl_match
 log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL = 1.0
+#: After TERM, seconds an open session gets to flush its 421 before the child exits.
+STOP_GRACE = 2.0
 
 
 def make_tempdir(tempbase: str, pid: int) -> str:
@@ -158,11 +160,11 @@ class Child:
         self._set_title(f"ch{self.connections}-avail")
         limit = self.config.max_requests
         if limit and (self.tasks >= limit or self.connections >= limit):
-            log.info("Requesting process rundown after %d tasks (and %d sessions)",
-                     self.tasks, self.connections)
+            amavis_log.do_log(2, "Requesting process rundown after %d tasks (and %d sessions)",
+                              self.tasks, self.connections)
             self.retire = True
         if self.retire or self.stopping:
-            self.reactor.callLater(0, self.reactor.stop)
+            self.reactor.callLater(0, self._stop_reactor)
         else:
             self.reactor.callLater(0, self.accepting, True)
 
@@ -195,16 +197,24 @@ class Child:
     def stop_now(self) -> None:
         """TERM: an open SMTP session gets 421, then the child exits."""
         self.stopping = True
+        self.accepting(False)
         if self.session is not None and hasattr(self.session, "graceful_shutdown"):
             self.session.graceful_shutdown()
-        self.reactor.callLater(0, self.reactor.stop)
+            # session_closed() stops the reactor once the 421 is out; this is the backstop
+            self.reactor.callLater(STOP_GRACE, self._stop_reactor)
+        else:
+            self.reactor.callLater(0, self._stop_reactor)
+
+    def _stop_reactor(self) -> None:
+        if self.reactor.running:
+            self.reactor.stop()
 
     def stop_when_idle(self) -> None:
         """HUP/QUIT: exit now if idle, otherwise after the open session."""
         self.retire = True
         self.accepting(False)
         if self.session is None:
-            self.reactor.callLater(0, self.reactor.stop)
+            self.reactor.callLater(0, self._stop_reactor)
 
     def _finish(self) -> None:
         self._set_title(f"ch{self.connections}-finish")

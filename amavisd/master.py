@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from amavisd import sockets
 from amavisd.constants import EXIT_BOOT_FAILED, EXIT_FAILURE, EXIT_OK
+from amavisd.log import do_log
 
 log = logging.getLogger(__name__)
 
@@ -168,11 +169,11 @@ class Master:
 
     # ---------------------------------------------------------------- handlers
     def on_term(self) -> None:
-        log.info("Server closing! (TERM)")
+        do_log(0, "Server closing! (TERM)")
         self._begin_stop(Mood.STOPPING)
 
     def on_quit(self) -> None:
-        log.info("Server closing gracefully! (QUIT)")
+        do_log(0, "Server closing gracefully! (QUIT)")
         self._begin_stop(Mood.QUITTING)
 
     def _begin_stop(self, mood: Mood) -> None:
@@ -217,8 +218,8 @@ class Master:
 
         env[ENV_WARM] = str(os.getpid())
         argv = [sys.executable, "-m", "amavisd", *self.opts.argv]
-        log.info("warm restart on HUP [%d]: %s, sockets: %s", os.getpid(),
-                 " ".join(argv[2:]), env[sockets.ENV_BOUND])
+        do_log(0, "warm restart on HUP [%d]: %s, sockets: %s", os.getpid(),
+               " ".join(argv[2:]), env[sockets.ENV_BOUND])
         self.segment.close()
         for signum in HANDLED_SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
