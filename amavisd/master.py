@@ -365,8 +365,13 @@ class Master:
                 shutil.rmtree(path, ignore_errors=True)
 
     def _kill_stale(self) -> None:
-        """A child whose heartbeat is older than $child_timeout is stuck: SIGKILL it."""
-        limit = float(self.config.child_timeout) + 30.0
+        """A child whose heartbeat is older than $child_timeout is stuck: SIGKILL it.
+
+        The child beats every second from its reactor loop, even while a session is
+        open, so a stale beat means the loop itself is stuck (a scanner call that never
+        returns, a bug); a margin of up to 30 s keeps a slow disk from killing it."""
+        timeout = float(self.config.child_timeout)
+        limit = timeout + min(30.0, timeout)
         now = time.time()
         for worker in list(self.workers.values()):
             info = self.segment.slot_info(worker.slot)

@@ -22,6 +22,10 @@
 #              (possible only in files without `use strict`)
 #   dkim_keys  [{"domain", "selector", "key", "options", "origin"}]
 #   files      every file read, includes too, in order
+#   environment  {"TMPDIR": "/var/lib/amavis/tmp"}  %ENV entries the files set
+#              (null for one they deleted)
+# --set NAME=VALUE gives $NAME a value before the first file, as amavisd's
+# command line does for -i, -H, -T, -Q, -S and -R; it does not count as assigned.
 # Values: undef is null; plain scalars, arrays and hashes as themselves;
 #   qr//                      {"__regex__": pattern, "flags": "i"}
 #   new_RE(...)               {"__new_re__": [[regex, value], ...]}  (value 1
@@ -482,6 +486,7 @@ sub read_config_file {
   $AmavisShim::file_name{$do_name} = $path;
   push @AmavisShim::files_read, $path;
   local $AmavisShim::depth = $AmavisShim::depth + 1;
+  AmavisShim::tie_undeclared($path);
   local ($1, $2, $3, $4, $5, $6, $7, $8, $9);
   local $/ = $/;
   $! = 0;
@@ -517,7 +522,7 @@ sub set_defaults {
     myversion => 'amavis-2.13.0 (20230106)', myversion_id_numeric => '2.013000',
     sql_schema_version => '2.013000', myprogram_name => 'amavisd',
     MYHOME => '/var/amavis', mydomain => '!change-mydomain-variable!.example.com',
-    myhostname => (POSIX::uname())[1],
+    myhostname => (POSIX::uname())[1], instance_name => '',
     DEBUG => 0, daemonize => 1, allow_preserving_evidence => 1, courierfilter_shutdown => 0,
     max_servers => 2, max_requests => 20, child_timeout => 480, smtpd_timeout => 480,
     mail_id_size_bits => 72, nanny_details_level => 1, logline_maxlen => 980,
@@ -633,6 +638,33 @@ sub tie_all {
       my %items = %{$glob};
       tie %{$glob}, 'AmavisShim::Hash', $var, %items;
     }
+  }
+}
+
+# A file without `use strict;` may make variables amavisd does not declare (a
+# misspelling, or a helper).  Tie the names its text mentions before it is
+# compiled, so their writes note a line too.
+our %SPECIAL = map { ($_ => 1) } qw(ENV INC ARGV ARGVOUT STDIN STDOUT STDERR SIG _ a b);
+our %tied_extra;
+sub tie_undeclared {
+  my ($path) = @_;
+  open(my $fh, '<', $path) or return;
+  local $/;
+  my $text = <$fh>;
+  close($fh);
+  return if $text =~ /^\s*use\s+strict\s*;/m;   # strict: such names are errors anyway
+  my %declared = map { ($_ => 1) } declared_names(), keys %ALIASES;
+  no strict 'refs';
+  while ($text =~ /([\$\@%])\{?([A-Za-z_]\w*)\}?\s*([\[{]?)/g) {
+    my ($sigil, $name, $subscript) = ($1, $2, $3);
+    next if $SPECIAL{$name} || $name =~ /::/;
+    $sigil = $subscript eq '[' ? '@' : '%' if $sigil ne '%' && $subscript ne '';
+    my $var = "$sigil$name";
+    next if $declared{$var} || $tied_extra{$var}++;
+    my $glob = "Amavis::Conf::$name";
+    if ($sigil eq '$') { tie ${$glob}, 'AmavisShim::Scalar', $var, ${$glob} }
+    elsif ($sigil eq '@') { my @items = @{$glob}; tie @{$glob}, 'AmavisShim::Array', $var, @items }
+    else { my %items = %{$glob}; tie %{$glob}, 'AmavisShim::Hash', $var, %items }
   }
 }
 
@@ -836,10 +868,24 @@ sub error_line {
 # -- main ---------------------------------------------------------------------
 
 sub main {
-  my @files = @ARGV;
-  if (!@files) { print STDERR "usage: perl_shim.pl FILE...\n"; exit 64 }
+  my @args = @ARGV;
+  my %preset;
+  while (@args && $args[0] =~ /^--/) {
+    my $option = shift @args;
+    last if $option eq '--';
+    my ($name, $value) = $option eq '--set' && @args ? split(/=/, shift(@args), 2) : ();
+    if (!defined $value || !grep { $_ eq $name } @{$DECLARED{'$'}}) {
+      print STDERR "perl_shim.pl: bad option $option\n";
+      exit 64;
+    }
+    $preset{$name} = $value;
+  }
+  my @files = @args;
+  if (!@files) { print STDERR "usage: perl_shim.pl [--set NAME=VALUE]... [--] FILE...\n"; exit 64 }
   set_defaults();
+  { no strict 'refs'; ${"Amavis::Conf::$_"} = $preset{$_} for keys %preset; }
   tie_all();
+  my %env_before = %ENV;
   my $initial = snapshot();
   my $previous = $initial;
   for my $file (@files) {
@@ -884,7 +930,11 @@ sub main {
                           key => dump_value($_->{key}, $st),
                           domain => dump_value($_->{domain}, $st) } } @dkim_keys],
     files => \@files_read,
+    environment => { map { ($_ => $ENV{$_}) }
+                     grep { !exists $env_before{$_} || !defined $ENV{$_}
+                            || $ENV{$_} ne $env_before{$_} } keys %ENV },
   };
+  $out->{environment}{$_} = undef for grep { !exists $ENV{$_} } keys %env_before;
   print JSON::PP->new->utf8(1)->canonical(1)->allow_nonref(1)->encode($out), "\n";
   exit 0;
 }

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,14 +147,20 @@ def run_shim(paths: list[str]) -> dict[str, Any]:
     """Run ``perl_shim.pl`` on ``paths`` and return its JSON; a failure is a ConfigError."""
     where = paths[0] if paths else "perl config"
     try:
-        proc = subprocess.run([_perl(), str(SHIM), *paths], capture_output=True,
-                              timeout=SHIM_TIMEOUT, check=False)
-    except subprocess.TimeoutExpired:
-        raise ConfigError(where, "", f"evaluating the Perl config took over {SHIM_TIMEOUT} s "
-                          "(a command run by the file hangs?)") from None
+        # Its own session: on a timeout the whole group goes, including a
+        # command the file started with backticks that still holds our pipes.
+        proc = subprocess.Popen([_perl(), str(SHIM), *paths], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True)
     except OSError as exc:
         raise ConfigError(where, "", f"cannot run perl to read a Perl config: {exc}") from None
-    lines = [line for line in proc.stderr.decode("utf-8", "replace").splitlines() if line.strip()]
+    try:
+        stdout, stderr = proc.communicate(timeout=SHIM_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise ConfigError(where, "", f"evaluating the Perl config took over {SHIM_TIMEOUT} s "
+                          "(a command run by the file hangs?)") from None
+    lines = [line for line in stderr.decode("utf-8", "replace").splitlines() if line.strip()]
     if proc.returncode != 0:
         last = lines.pop() if lines else f"perl exited with status {proc.returncode}"
         for line in lines:
@@ -165,7 +173,7 @@ def run_shim(paths: list[str]) -> dict[str, Any]:
     for line in lines:
         log.warning("perl: %s", line)
     try:
-        return json.loads(proc.stdout)
+        return json.loads(stdout)
     except ValueError as exc:
         raise ConfigError(where, "", f"unreadable output from the Perl config reader: {exc}") \
             from None

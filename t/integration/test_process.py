@@ -231,3 +231,83 @@ def test_50mb_message_keeps_child_memory_flat(amavisd, sink):
     growth_mb = (vm_hwm_kb(child) - before) / 1024
     assert growth_mb < 30, f"child peak RSS grew by {growth_mb:.1f} MB"
     assert sink.messages[-1].size >= len(body)
+
+
+def test_stuck_child_is_killed_and_replaced(amavisd):
+    """A child whose heartbeat stops (SIGSTOP) is killed after $child_timeout + margin."""
+    daemon = amavisd("child_timeout = 2", args=("-m", "1"))
+    (child,) = wait_for(lambda: len(daemon.children()) == 1 and daemon.children())
+    os.kill(child, signal.SIGSTOP)
+    fresh = wait_for(lambda: [p for p in daemon.children() if p != child], timeout=20,
+                     what="the stuck child to be replaced")
+    assert fresh
+    assert "heartbeat is" in daemon.logfile_text()
+    client = Client(daemon.port)
+    assert client.reply()[0].startswith("220 ")
+
+
+def test_dynamic_pool_grows_with_busy_children(amavisd):
+    """protocols.md 1.1: with $min_servers, spare children are kept between the bounds."""
+    daemon = amavisd("min_servers = 1\nmin_spare_servers = 1\nmax_spare_servers = 2",
+                     args=("-m", "3"))
+    wait_for(lambda: len(daemon.children()) == 1, what="one child at start")
+    clients = []
+    for n in range(2):
+        client = Client(daemon.port)
+        assert client.reply()[0].startswith("220 ")
+        clients.append(client)
+        wait_for(lambda n=n: len(daemon.children()) == n + 2, what=f"{n + 2} children")
+    time.sleep(2.5)
+    assert len(daemon.children()) == 3                # never above max_servers
+    for client in clients:
+        client.cmd("QUIT")
+    wait_for(lambda: len(daemon.children()) <= 2, timeout=15, what="idle children to retire")
+
+
+def test_unix_socket_with_an_lmtp_bank(amavisd, sink, tmp_path):
+    """protocols.md 2.1/2.2/2.4: a Unix socket, bank via interface_policy SOCK, LMTP."""
+    import socket as socketlib
+
+    path = tmp_path / "home" / "amavisd.sock"
+    daemon = amavisd(f"unix_socketname = {str(path)!r}\nunix_socket_mode = 0o666\n"
+                     "interface_policy = {'SOCK': 'LMTPSOCK'}\n"
+                     "policy_bank = {'LMTPSOCK': {'protocol': 'LMTP'}}")
+    assert oct(os.stat(path).st_mode & 0o777) == "0o666"
+    raw = socketlib.socket(socketlib.AF_UNIX)
+    raw.connect(str(path))
+    client = Client.__new__(Client)
+    client.sock, client.buf = raw, b""
+    Client.opened.append(client)
+    assert client.reply() == ["220 [localhost] LMTP amavis service ready"]
+    client.cmd("LHLO client.anchor.test")
+    client.cmd("MAIL FROM:<alice@anchor.test>")
+    client.cmd("RCPT TO:<bob@anchor.test>")
+    client.cmd("RCPT TO:<rej2@anchor.test>")
+    client.cmd("DATA")
+    client.send(message("unix") + b".\r\n")
+    assert client.reply()[0].startswith("250 2.0.0 from MTA(")
+    assert client.reply()[0].startswith("550 5.1.1 id=")
+    head = sink.messages[0].data.split(b"\r\n\r\n")[0]
+    assert b"(amavis, unix socket) with LMTP" in head.replace(b"\r\n", b"")
+    daemon.stop()
+    assert not path.exists()                           # removed at shutdown
+
+
+def test_ipv6_loopback_is_served(amavisd, sink):
+    import socket as socketlib
+
+    if not socketlib.has_ipv6:
+        pytest.skip("no IPv6 in this kernel")
+    from t.helpers.daemon import free_port
+
+    port6 = free_port()
+    amavisd(f"listen_sockets = ['inet6:[::1]:{port6}']")
+    raw = socketlib.create_connection(("::1", port6), timeout=10)
+    client = Client.__new__(Client)
+    client.sock, client.buf = raw, b""
+    Client.opened.append(client)
+    assert client.reply() == ["220 [::1] ESMTP amavis service ready"]
+    reply = send_message(client, "alice@anchor.test", ["bob@anchor.test"], message("v6"))
+    assert reply[0].startswith("250 2.0.0 from MTA(")
+    assert b"([::1])" in sink.messages[0].data.split(b"\r\n")[0] or \
+        b"[IPv6:::1]" in sink.messages[0].data.split(b"\r\n")[0]
