@@ -49,7 +49,10 @@ def run(config, opts, mode: str) -> int:
         from amavisd.config.demo import DEMO_BANNER, demo_home, prepare_demo_dirs
 
         prepare_demo_dirs(identity.uid if identity else None, identity.gid if identity else None)
-        print(DEMO_BANNER.format(home=demo_home()), flush=True)
+        first = sockets.listen_specs(config)[0]
+        where = first.path if first.kind == "unix" else f"{first.host}:{first.port}"
+        print(DEMO_BANNER.format(home=demo_home(), where=where, host=first.host,
+                                 port=first.port), flush=True)
     _ensure_dirs(config, identity)
     handler = amavis_log.setup_logging(config, program, debug=bool(config.DEBUG))
     _chown_log(config, identity)
@@ -102,6 +105,9 @@ def run(config, opts, mode: str) -> int:
     amavis_log.do_log(2, "logging initialized, log level %s, %s", config.log_level,
                       _log_target(config))
     log.info("Amavis (%s pool of %d) starting!", kind, config.max_servers)
+    if config.accepted_not_implemented:
+        amavis_log.do_log(0, "config: accepted, not implemented (no effect yet): %s",
+                          ", ".join(sorted(config.accepted_not_implemented)))
 
     gc.collect()
     gc.freeze()

@@ -180,7 +180,7 @@ def forward(msg: Message, recipients: list[Recipient], method: str | list[str],
                             reactor, per_recipient_capable, deadline, clock, rng)
 
     def trouble(failure: Any) -> None:
-        log.error("(%s) TROUBLE in forward: %s", msg.log_id, failure.getErrorMessage(),
+        log.error("TROUBLE in forward: %s", failure.getErrorMessage(),
                   exc_info=(failure.type, failure.value, failure.getTracebackObject()))
         reply = Reply(451, "4.5.0", f"Error in processing, id={msg.log_id}, forwarding "
                                     f"FAILED: {failure.getErrorMessage()}")
@@ -195,7 +195,7 @@ def _dispatch(msg: Message, recipients: list[Recipient], methods: list[str],
     try:
         parsed = [parse_method(m, msg.client) for m in methods]
     except ValueError as exc:
-        log.error("(%s) forward: %s", msg.log_id, exc)
+        log.error("forward: %s", exc)
         _fail_all(recipients, Reply(451, "4.5.0", f"Bad delivery method: {exc}, "
                                                   f"id={msg.log_id}"), 1)
         return None
@@ -209,8 +209,7 @@ def _dispatch(msg: Message, recipients: list[Recipient], methods: list[str],
     if scheme == "pipe":
         return _forward_pipe(msg, recipients, parsed[0], header_prefix, settings, reactor,
                              deadline, clock)
-    log.error("(%s) forward: delivery method %s: is not handled by forward()", msg.log_id,
-              scheme)
+    log.error("forward: delivery method %s: is not handled by forward()", scheme)
     _fail_all(recipients, Reply(451, "4.5.0", f"Delivery method {scheme}: not supported for "
                                               f"forwarding, id={msg.log_id}"), 1)
     return None
@@ -250,7 +249,7 @@ def _one_session(msg: Message, recipients: list[Recipient], methods: list[str],
             yield endpoints.connectProtocol(ep, proto)
         except (error.ConnectError, error.DNSLookupError, OSError) as exc:
             reason = str(exc).strip().rstrip(".") or type(exc).__name__
-            log.warning("(%s) Can't connect to %s: %s", msg.log_id, m.mta_id, reason)
+            log.warning("Can't connect to %s: %s", m.mta_id, reason)
             last = TransactionOutcome(m.mta_id, [r for r in proto.results],
                                       SessionError("connect", "fwd-connect", reason))
             continue
@@ -276,8 +275,7 @@ def _forward_smtp(msg: Message, recipients: list[Recipient], methods: list[str],
         deferred = [r for r, res in zip(pending, outcome.results, strict=True) if res.deferred]
         if not deferred or not outcome.data_delivered or len(deferred) == len(pending):
             break
-        log.info("(%s) %d recipients deferred by 452, new transaction", msg.log_id,
-                 len(deferred))
+        log.info("%d recipients deferred by 452, new transaction", len(deferred))
         pending = deferred
     return None
 
@@ -354,7 +352,7 @@ def _forward_bsmtp(msg: Message, recipients: list[Recipient], m: Method, header_
 
 def _bsmtp_failed(msg: Message, recipients: list[Recipient], tmp: Path, exc: OSError,
                   remove: bool) -> None:
-    log.error("(%s) bsmtp: writing %s failed: %s", msg.log_id, tmp, exc)
+    log.error("bsmtp: writing %s failed: %s", tmp, exc)
     if remove:
         try:
             os.unlink(tmp)
@@ -434,7 +432,7 @@ class _PipeProtocol(protocol.ProcessProtocol):
             self._fh = None
 
     def outReceived(self, data: bytes) -> None:
-        log.info("(%s) pipe stdout: %s", self.msg.log_id, data[:500].decode("utf-8", "replace"))
+        log.info("pipe stdout: %s", data[:500].decode("utf-8", "replace"))
 
     errReceived = outReceived
 
@@ -452,7 +450,7 @@ class _PipeProtocol(protocol.ProcessProtocol):
 
 def _kill(proto: _PipeProtocol, log_id: str) -> None:
     """The child deadline passed: the program gets KILL, its status then says so."""
-    log.warning("(%s) pipe: program still running at the deadline, killing it", log_id)
+    log.warning("pipe: program still running at the deadline, killing it (%s)", log_id)
     try:
         proto.transport.signalProcess("KILL")
     except error.ProcessExitedAlready:
@@ -466,7 +464,7 @@ def _forward_pipe(msg: Message, recipients: list[Recipient], m: Method, header_p
     try:
         argv = pipe_argv(m, msg, recipients, settings)
     except ValueError as exc:
-        log.error("(%s) %s", msg.log_id, exc)
+        log.error("%s", exc)
         _fail_all(recipients, Reply(451, "4.5.0", f"{exc}, id={msg.log_id}"), 1)
         return None
     proto = _PipeProtocol(msg, header_prefix, clock)
@@ -484,6 +482,6 @@ def _forward_pipe(msg: Message, recipients: list[Recipient], m: Method, header_p
     if base is None:
         what = f"exit {status}" if isinstance(status, int) else status
         base = Reply(451, "4.5.0", f"Failed to submit a message: {what}")
-    log.info("(%s) pipe %s: %s", msg.log_id, argv[0], status)
+    log.info("pipe %s: %s", argv[0], status)
     _fail_all(recipients, Reply(base.code, base.enhanced, f"{base.text}, id={msg.log_id}"), 2)
     return None

@@ -1,18 +1,22 @@
 """The embedded demo config used by ``amavisd demo``: try the daemon with no MTA.
 
 It listens on 127.0.0.1:10024 and writes every passed message as a BSMTP file
-into ``./amavisd-demo/out`` (or ``$AMAVISD_DEMO_HOME/out``), so a first-time user
-can send a message with swaks or smtplib and look at what the filter did.
+into ``/tmp/amavisd-demo/out`` (or ``$AMAVISD_DEMO_HOME/out``), so a first-time user
+can send a message with swaks or smtplib and look at what the filter did.  The
+folder is under the temp directory, not the current one, because the daemon drops
+root to ``nobody``, which cannot enter most home folders.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Any
 
 
 def demo_home() -> str:
-    return os.path.abspath(os.environ.get("AMAVISD_DEMO_HOME", "amavisd-demo"))
+    default = os.path.join(tempfile.gettempdir(), "amavisd-demo")
+    return os.path.abspath(os.environ.get("AMAVISD_DEMO_HOME", default))
 
 
 def demo_settings() -> dict[str, Any]:
@@ -52,11 +56,11 @@ def prepare_demo_dirs(uid: int | None, gid: int | None) -> None:
 
 
 DEMO_BANNER = """\
-amavisd demo: listening on 127.0.0.1:10024, passed mail goes to {home}/out/*.bsmtp
+amavisd demo: listening on {where}, passed mail goes to {home}/out/*.bsmtp
 Send a test message from another terminal, for example:
-  swaks --server 127.0.0.1:10024 --from alice@example.com --to bob@example.com
+  swaks --server {where} --from alice@example.com --to bob@example.com
 or
-  python3 -c "import smtplib; smtplib.SMTP('127.0.0.1', 10024).sendmail(
+  python3 -c "import smtplib; smtplib.SMTP('{host}', {port}).sendmail(
       'alice@example.com', ['bob@example.com'], 'Subject: hello\\n\\nhi\\n')"
 then look at {home}/out/ and the log below.  Ctrl-C stops the demo.
 """

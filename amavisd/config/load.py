@@ -1,8 +1,9 @@
 """Build the effective ``Config``: defaults, then each config file, then the command line.
 
 The precedence is written once, here.  Each config file is either the native
-Python format or a Perl ``amavisd.conf``; this version reads the native format
-and reports a Perl file with a clear error (the Perl importer is its own issue).
+Python format or a Perl ``amavisd.conf``.  Consecutive Perl files are evaluated
+together in one perl (a later file sees what an earlier one set, as in amavisd);
+a native file sees everything loaded before it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import stat
 from pathlib import Path
 
 from amavisd.config.model import Config
+from amavisd.config.perlconf import load_perl_config
 from amavisd.config.pyconf import load_python_config
 from amavisd.errors import ConfigError
 
@@ -55,16 +57,42 @@ def check_ownership(path: str) -> None:
         raise ConfigError(path, "", f'Config file "{path}" is writable by group or others')
 
 
-def load_file(path: str, config: Config) -> None:
-    check_ownership(path)
+def is_perl_file(path: str) -> bool:
+    """A Perl amavisd.conf (by content); ``*.py`` files are always native."""
+    if path.endswith(".py"):
+        return False
     try:
         head = Path(path).read_bytes()[:65536]
     except OSError as exc:
         raise ConfigError(path, "", f"cannot read config file: {exc.strerror}") from None
-    if not path.endswith(".py") and looks_like_perl(head):
-        raise ConfigError(path, "", "this is a Perl amavisd.conf; this version reads only the "
-                          "native Python config format (see docs/config.md)")
-    load_python_config(path, config)
+    return looks_like_perl(head)
+
+
+def load_files(paths: list[str], config: Config, preset: dict[str, str]) -> None:
+    """Load files in order; runs of Perl files go to one perl evaluation."""
+    perl_run: list[str] = []
+    for path in paths:
+        check_ownership(path)
+        if is_perl_file(path):
+            perl_run.append(path)
+            continue
+        if perl_run:
+            load_perl_config(perl_run, config, preset)
+            perl_run = []
+        load_python_config(path, config)
+    if perl_run:
+        load_perl_config(perl_run, config, preset)
+
+
+def load_file(path: str, config: Config) -> None:
+    load_files([path], config, {})
+
+
+def perl_preset(opts) -> dict[str, str]:
+    """What amavisd's command line sets before the files run (-H, -T, -Q, -i)."""
+    preset = {"MYHOME": opts.home, "TEMPBASE": opts.tempbase,
+              "QUARANTINEDIR": opts.quarantine_dir, "instance_name": opts.instance}
+    return {name: value for name, value in preset.items() if value is not None}
 
 
 def apply_command_line(config: Config, opts) -> None:
@@ -109,8 +137,7 @@ def load_config(opts) -> Config:
     if not files:
         raise ConfigError("amavisd", "", "no config file given (-c) and none found in "
                           + ", ".join(DEBIAN_CONF_DIRS + DEFAULT_FILES))
-    for path in files:
-        load_file(path, config)
+    load_files(list(files), config, perl_preset(opts))
     apply_command_line(config, opts)
     config.finish()
     validate(config)
@@ -124,8 +151,7 @@ def load_demo_config(opts) -> Config:
     config = Config()
     for name, value in demo_settings().items():
         config.assign(name, value, "demo config")
-    for path in opts.config_files:
-        load_file(path, config)
+    load_files(list(opts.config_files), config, perl_preset(opts))
     apply_command_line(config, opts)
     config.finish()
     validate(config)

@@ -26,6 +26,7 @@ import re
 import shutil
 import signal
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,8 @@ class PerlConfig:
     undeclared: list[str] = field(default_factory=list)
     dkim_keys: list[DkimKey] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    #: ``$ENV{...}`` entries the files set (None: deleted), e.g. TMPDIR on Debian.
+    environment: dict[str, str | None] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- running the shim
@@ -143,14 +146,22 @@ def _perl() -> str:
 _ERROR_LINE = re.compile(r"^(?P<origin>.*?:\d+): (?P<why>.*)$")
 
 
-def run_shim(paths: list[str]) -> dict[str, Any]:
-    """Run ``perl_shim.pl`` on ``paths`` and return its JSON; a failure is a ConfigError."""
+def run_shim(paths: list[str], preset: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Run ``perl_shim.pl`` on ``paths`` and return its JSON; a failure is a ConfigError.
+
+    ``preset`` gives scalars a value before the first file, as amavisd's command
+    line does (``-H`` sets ``$MYHOME`` so a file can use ``"$MYHOME/tmp"``).
+    """
     where = paths[0] if paths else "perl config"
+    options: list[str] = []
+    for name, value in (preset or {}).items():
+        options += ["--set", f"{name}={value}"]
     try:
         # Its own session: on a timeout the whole group goes, including a
         # command the file started with backticks that still holds our pipes.
-        proc = subprocess.Popen([_perl(), str(SHIM), *paths], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True)
+        proc = subprocess.Popen([_perl(), str(SHIM), *options, "--", *paths],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
     except OSError as exc:
         raise ConfigError(where, "", f"cannot run perl to read a Perl config: {exc}") from None
     try:
@@ -674,13 +685,15 @@ class _Decoder:
             ref.value = self.var("$" + ref.name) if ref.name else ref.value
 
 
-def evaluate_perl_config(paths: list[str]) -> PerlConfig:
+def evaluate_perl_config(paths: list[str],
+                         preset: Mapping[str, str] | None = None) -> PerlConfig:
     """Evaluate the Perl files in order and return what they set, as Python values."""
-    dump = run_shim([str(p) for p in paths])
+    dump = run_shim([str(p) for p in paths], preset)
     decoder = _Decoder(dump)
     result = PerlConfig(origins=dict(dump.get("origins", {})),
                         undeclared=list(dump.get("undeclared", [])),
-                        files=list(dump.get("files", [])))
+                        files=list(dump.get("files", [])),
+                        environment=dict(dump.get("environment", {})))
     for name in dump.get("variables", {}):
         result.variables[name] = decoder.var(name)
     for name in dump.get("referenced", {}):
@@ -744,18 +757,22 @@ def assign_perl_config(result: PerlConfig, config: Config) -> None:
             if key == "policy_bank":
                 value = _policy_banks(value, origin, config)
             config.assign(bare, value, origin)
+    for name in result.environment:
+        config.accepted_not_implemented[f"ENV{{{name}}}"] = ", ".join(result.files)
     for dkim in result.dkim_keys:
         config.accepted_not_implemented[f"dkim_key({dkim.domain}, {dkim.selector})"] = \
             dkim.origin
     config.files.extend(result.files)
 
 
-def load_perl_config(paths: list[str], config: Config) -> None:
+def load_perl_config(paths: list[str], config: Config,
+                     preset: Mapping[str, str] | None = None) -> None:
     """Evaluate Perl amavisd.conf files (in order, in one perl) and assign them to ``config``.
 
     All files run in one interpreter, as in amavisd, so a later file sees what an
     earlier one set (``$MYHOME`` in ``"$MYHOME/tmp"``).  Errors -- a Perl syntax
     error, a missing included file, a value our registry refuses, a regex Python
-    cannot take -- are ConfigError with the file and line.
+    cannot take -- are ConfigError with the file and line.  ``preset``: see
+    ``run_shim`` (values the command line gives before the files run).
     """
-    assign_perl_config(evaluate_perl_config(paths), config)
+    assign_perl_config(evaluate_perl_config(paths, preset), config)

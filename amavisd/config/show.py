@@ -18,4 +18,8 @@ def show_config(config: Config) -> str:
             lines.append(f"\n# --- {section}")
         value = pprint.pformat(config.values[name], width=120, compact=True)
         lines.append(f"{entry.sigil}{name} = {value};  # {config.origins.get(name, '?')}")
+    if config.accepted_not_implemented:
+        lines.append("\n# --- accepted, not implemented (no effect yet)")
+        for name, origin in sorted(config.accepted_not_implemented.items()):
+            lines.append(f"# {name}  # {origin}")
     return "\n".join(lines).lstrip("\n") + "\n"

@@ -241,6 +241,20 @@ def test_interpolation_strict_and_origins(tmp_path):
 
 
 @needs_perl
+def test_preset_and_environment(tmp_path):
+    path = write(tmp_path, "use strict;\n$TEMPBASE = \"$MYHOME/tmp\";\n$ENV{TMPDIR} = $TEMPBASE;\n"
+                           "$X_HEADER_LINE = \"at $instance_name\";\n1;\n")
+    config = Config()
+    load_perl_config([path], config, preset={"MYHOME": "/srv/h", "instance_name": "two"})
+    assert config.TEMPBASE == "/srv/h/tmp"
+    assert config.origin("MYHOME") == "default"
+    result = evaluate_perl_config([path], preset={"MYHOME": "/srv/h", "instance_name": "two"})
+    assert result.environment == {"TMPDIR": "/srv/h/tmp"}
+    assert result.variables["$X_HEADER_LINE"] == "at two"
+    assert config.accepted_not_implemented["ENV{TMPDIR}"] == path
+
+
+@needs_perl
 def test_shared_anonymous_references_stay_shared(tmp_path):
     path = write(tmp_path, "use strict;\nmy $list = ['a', 'b'];\n"
                            "@av_scanners = ($list);\n@av_scanners_backup = ($list);\n"

@@ -72,13 +72,18 @@ def test_hostname_must_be_fqdn(tmp_path):
     assert "fully qualified" in str(err.value)
 
 
-def test_perl_config_is_recognised_and_refused_clearly(tmp_path):
-    text = "use strict;\n$max_servers = 3;\n1;\n"
-    assert looks_like_perl(text.encode())
+def test_perl_and_native_files_load_in_order(tmp_path):
+    """A Perl file is recognised by content and imported; a native file after it wins."""
+    perl = "use strict;\n$myhostname = 'mx.example.com';\n$max_servers = 3;\n" \
+           "$final_virus_destiny = D_DISCARD;\n1;\n"
+    assert looks_like_perl(perl.encode())
     assert not looks_like_perl(b"max_servers = 3\n")
-    with pytest.raises(ConfigError) as err:
-        load(tmp_path, text)
-    assert "Perl amavisd.conf" in str(err.value)
+    first = write(tmp_path, perl, "amavisd.conf")
+    second = write(tmp_path, "log_level = 4\n", "local.py")
+    config = load_config(parse_args(["-c", first, "-c", second]))
+    assert config.max_servers == 3 and config.origin("max_servers") == f"{first}:3"
+    assert config.log_level == 4
+    assert config.accepted_not_implemented["final_virus_destiny"].startswith(first)
 
 
 def test_group_writable_config_is_refused(tmp_path):
