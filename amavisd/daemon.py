@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import signal
 import sys
 
 from amavisd import log as amavis_log
@@ -74,6 +75,11 @@ def run(config, opts, mode: str) -> int:
         amavis_log.after_fork()
     pid_file = config.pid_file if (daemonize or "pid_file" in _explicit(config)
                                    or warm) else None
+    # a signal sent as soon as the pid file exists (e.g. `amavisd reload`) waits until
+    # the master's handlers are in place instead of killing it with the default action
+    from amavisd.master import HANDLED_SIGNALS
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
     if pid_file and not warm:
         _write_pid_file(pid_file, identity)
 
@@ -182,11 +188,14 @@ def _daemonize() -> None:
 
 
 def _write_pid_file(path: str, identity) -> None:
+    """Written whole under a temporary name, then renamed: a reader never sees it empty."""
+    tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         with os.fdopen(fd, "w") as handle:
             handle.write(f"{os.getpid()}\n")
         if identity is not None and os.geteuid() == 0:
-            os.chown(path, identity.uid, identity.gid)
+            os.chown(tmp, identity.uid, identity.gid)
+        os.replace(tmp, path)
     except OSError as exc:
         raise BootError(f"cannot write pid file {path}: {exc.strerror}") from None

@@ -124,6 +124,7 @@ class Master:
         for signum in HANDLED_SIGNALS:
             signal.signal(signum, self._on_signal)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)   # blocked in daemon.run
 
     def _drain(self, timeout: float) -> list[int]:
         got: list[int] = []
@@ -223,6 +224,7 @@ class Master:
         self.segment.close()
         for signum in HANDLED_SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)    # until the new image is up
         os.execve(sys.executable, argv, env)
 
     # ---------------------------------------------------------------- pool

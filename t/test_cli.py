@@ -98,7 +98,8 @@ def test_start_reload_stop_through_the_pid_file(tmp_path):  # noqa: F811
     assert out.returncode == 0, out.stdout + out.stderr
     pid_file = home / "amavisd.pid"
     deadline = time.monotonic() + 20
-    while not pid_file.exists() and time.monotonic() < deadline:
+    while not (pid_file.exists() and pid_file.read_text().strip()) \
+            and time.monotonic() < deadline:
         time.sleep(0.05)
     pid = int(pid_file.read_text())
     try:
@@ -124,3 +125,37 @@ def test_start_reload_stop_through_the_pid_file(tmp_path):  # noqa: F811
     out = run("-c", str(conf), "stop")
     assert out.returncode == 1
     assert re.match(r"(No PID file|The amavisd daemon is apparently not running)", out.stdout)
+
+
+def test_hup_right_after_start_does_not_kill_the_master(tmp_path):  # noqa: F811
+    """Regression: a HUP that arrived before the master's handlers existed killed it
+    (default action); signals are now blocked from the pid file's creation on."""
+    import signal
+
+    port = free_port()
+    home = tmp_path / "home"
+    (home / "tmp").mkdir(parents=True)
+    for path in (home, home / "tmp"):
+        os.chown(path, 65534, 65534)
+    conf = tmp_path / "amavisd.conf"
+    conf.write_text(base_config(tmp_path, port, "smtp:[127.0.0.1]:9")
+                    + f"pid_file = {str(home / 'amavisd.pid')!r}\n")
+    os.chmod(conf, 0o644)
+    assert run("-c", str(conf), "start").returncode == 0
+    pid_file = home / "amavisd.pid"
+    deadline = time.monotonic() + 20
+    while not (pid_file.exists() and pid_file.read_text().strip()) \
+            and time.monotonic() < deadline:
+        time.sleep(0.005)
+    pid = int(pid_file.read_text())
+    try:
+        os.kill(pid, signal.SIGHUP)                       # as early as a script could
+        time.sleep(1.5)
+        os.kill(pid, 0)                                   # still alive
+        log = home / "amavis.log"
+        deadline = time.monotonic() + 20
+        while "(warm)" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "(warm)" in log.read_text()
+    finally:
+        run("-c", str(conf), "stop")
