@@ -158,6 +158,25 @@ def load_demo_config(opts) -> Config:
     return config
 
 
+def _check_ip_lists(config: Config) -> None:
+    """An IP list entry amavis would die on at lookup time is a config error at load."""
+    from amavisd.config.lookup import check_ip_acl
+
+    places = [(name, config.origin(name), getattr(config, name)) for name in
+              ("inet_acl", "mynetworks")]
+    for bank, content in config.policy_bank.items():
+        for name in ("inet_acl", "mynetworks"):
+            if name in content:
+                places.append((f"policy_bank[{bank!r}][{name!r}]", config.origin("policy_bank"),
+                               content[name]))
+    for name, origin, value in places:
+        if isinstance(value, (list, tuple)):
+            try:
+                check_ip_acl(value)
+            except ValueError as exc:
+                raise ConfigError(origin, name, str(exc)) from None
+
+
 def validate(config: Config) -> None:
     """Cross-setting checks the Perl daemon makes at startup (section 1.6 step 11)."""
     host = config.myhostname or ""
@@ -170,9 +189,7 @@ def validate(config: Config) -> None:
     if config.min_servers is not None and config.min_servers > config.max_servers:
         raise ConfigError(config.origin("min_servers"), "min_servers",
                           "must not exceed max_servers")
-    for bank in config.interface_policy.values():
-        if bank not in config.policy_bank:
-            continue
+    _check_ip_lists(config)
     for name in ("forward_method", "notify_method"):
         method = getattr(config, name)
         if method is None:

@@ -562,13 +562,16 @@ def perl_regex(pattern: str, flags: str = "") -> re.Pattern[str]:
         elif letter == "a":
             bits |= re.ASCII
         elif letter in "udpo":
-            pass  # Unicode rules are Python's default; p and o change nothing here
+            pass  # u: Unicode rules (below); p and o change nothing here
         elif letter == "l":
             raise RegexError("flag /l (locale rules) has no Python equivalent")
         elif letter != "n":
             raise RegexError(f"unknown regex flag {letter!r}")
     if flags.count("x") > 1:
         raise RegexError("flag /xx has no Python equivalent")
+    if "u" not in flags:
+        # amavisd matches keys as octets: \w, \d, \s and /i follow ASCII rules there
+        bits |= re.ASCII
     translated = _RegexTranslator(pattern, "x" in flags, "n" in flags).run()
     try:
         return re.compile(translated, bits)

@@ -92,3 +92,9 @@ def test_group_writable_config_is_refused(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(parse_args(["-c", path]))
     assert "writable by group or others" in str(err.value)
+
+
+def test_bad_ip_list_entry_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, "myhostname = 'mx.example.com'\ninet_acl = ['127.0.0.1', '10.1.2']\n")
+    assert "amavisd.conf:2: inet_acl: bad IP network '10.1.2'" in str(err.value)
