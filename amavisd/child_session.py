@@ -20,9 +20,9 @@ from twisted.internet.protocol import ServerFactory
 
 from amavisd import ids
 from amavisd import log as amavis_log
+from amavisd.config.banks import load_client_ip_banks
 from amavisd.config.model import BankView
 from amavisd.constants import ST_IDLE
-from amavisd.lookups import ip_acl_match
 from amavisd.message import ClientInfo, Message
 
 log = logging.getLogger(__name__)
@@ -102,10 +102,7 @@ class SmtpSession:
 
         The key is the XFORWARD client address, or 0.0.0.0 when unknown (section 2.2).
         """
-        key = client.addr or "0.0.0.0"
-        result, _ = ip_acl_match(key, self.settings.mynetworks or [])
-        if result:
-            self.settings.load("MYNETS")
+        load_client_ip_banks(self.settings, client.addr)
 
     def state(self, letter: str) -> None:
         self.child.stats.set_state(letter, self.log_id)

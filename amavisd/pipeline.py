@@ -21,6 +21,7 @@ from amavisd import decide as decider
 from amavisd import ids
 from amavisd import log as amavis_log
 from amavisd.actions.forward import forward
+from amavisd.config.lookup import Lookups
 from amavisd.constants import (
     CCAT_DISPLAY_NAMES_MAJOR,
     D_PASS,
@@ -33,7 +34,6 @@ from amavisd.constants import (
 from amavisd.errors import Reply, TempFail
 from amavisd.header import header_facts, oldest_public_ip, read_header_block
 from amavisd.logline import direction, main_log_lines, status_word, timing_report
-from amavisd.lookups import domain_acl_match
 from amavisd.message import Message
 from amavisd.received import received_field
 
@@ -69,7 +69,8 @@ class Pipeline:
         self.reactor = reactor
 
     def is_local(self, view, address: str) -> bool:
-        return bool(domain_acl_match(address, view.local_domains_acl or []))
+        """``@local_domains_maps`` (pipeline.md section 15), through the bank in force."""
+        return bool(Lookups(view).per_recipient("local_domains_maps", address))
 
     @defer.inlineCallbacks
     def process(self, msg: Message, view):
@@ -77,6 +78,9 @@ class Pipeline:
         timing = Timing(start=msg.rx_start or time.monotonic())
         timing.mark("SMTP DATA")
         self.stats.set_state(ST_CHECKING)
+        if (view.originating and "MYUSERS" in self.config.policy_bank
+                and self.is_local(view, msg.sender)):
+            view.load("MYUSERS")                   # pipeline.md 16, selection point 4
         msg.policy_bank_path = view.policy_bank_path
         msg.originating = bool(view.originating)
         self.stats.set_state(ST_MAIL_ID)

@@ -154,10 +154,26 @@ setting("protocol", None, t.choice(None, "SMTP", "LMTP", "AM.PDP", "TCP-LOOKUP")
         "Protocol of a socket, usually set in a bank chosen by interface_policy.")
 setting("mynetworks", ["127.0.0.0/8", "[::1]", "169.254.0.0/16", "[fe80::]/10",
                        "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "[fc00::]/7"],
-        t.string_list, BANK, "Networks whose clients load the MYNETS bank.", sigil="@")
+        t.string_list, GLOBAL, "Our networks; the default table of mynetworks_maps.", sigil="@")
+setting("mynetworks_maps", None, t.sequence, BANK,
+        "IP tables of our networks (default: the mynetworks list).", sigil="@",
+        derive=lambda v: [v["mynetworks"]])
+setting("client_ipaddr_policy", None, t.sequence, BANK,
+        "Pairs of (IP table, 'BANK1,BANK2'): the first table matching the client IP "
+        "(XFORWARD ADDR, 0.0.0.0 if unknown) loads its banks (default: MYNETS).", sigil="@",
+        derive=lambda v: [x for table in v["mynetworks_maps"] for x in (table, "MYNETS")])
+setting("author_to_policy_bank_maps", [], t.sequence, BANK,
+        "Author address (+/@signer) -> bank names, loaded after DKIM verification.", sigil="@")
 setting("local_domains_acl", [], t.string_list, GLOBAL,
         "Our domains: 'dom' exact, '.dom' with subdomains, '!' negates (direction counters, log).",
         sigil="@")
+setting("local_domains_maps", None, t.sequence, BANK,
+        "Lookup tables deciding which recipients are local (default: local_domains_acl).",
+        sigil="@", derive=lambda v: [v["local_domains_acl"]])
+setting("recipient_delimiter", None, t.string, BANK,
+        "Address extension delimiter(s), e.g. '+'; used by lookups and address extensions.")
+setting("localpart_is_case_sensitive", 0, t.boolean, BANK,
+        "Compare local parts case-sensitively in lookups.")
 setting("originating", 0, t.boolean, BANK,
         "Mail comes from our own users (set by banks such as MYNETS or ORIGINATING).")
 

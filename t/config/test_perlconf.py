@@ -117,7 +117,9 @@ def assert_matches_oracle(files: list[str]) -> Config:
     for key in REGISTRY:
         ours = config.values[key]
         assigned = config.origin(key) != "default"
-        if key in changed:
+        if key in changed and REGISTRY[key].derive is None:
+            # a derived *_maps default holds references to legacy variables (e.g.
+            # @local_domains_acl); Perl counts it changed when those change
             assert assigned, f"{key}: Perl sees it set, we did not assign it"
         if assigned:
             theirs = expected_value(key, oracle["values"][perl_name(key)])

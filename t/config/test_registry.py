@@ -113,3 +113,16 @@ def test_sample_conf_loads_as_python(tmp_path):
                     + "\nmyhostname = 'mx.example.com'\n")
     os.chmod(path, 0o644)
     assert load_config(parse_args(["-c", str(path)])).max_servers == 2
+
+
+def test_every_package_is_in_pyproject():
+    """An installed copy must have every subpackage (pip install ., not only -e)."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())
+                 ["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts)
+             for p in (root / "amavisd").rglob("__init__.py")}
+    assert found <= listed, f"add to pyproject.toml packages: {sorted(found - listed)}"
