@@ -93,7 +93,7 @@ class Child:
         self.tempdir = make_tempdir(self.config.TEMPBASE, os.getpid())
         from amavisd.pipeline import Pipeline
 
-        self.pipeline = Pipeline(self.config, self.stats, reactor)
+        self.pipeline = Pipeline(self.config, self.stats, reactor, self.tempdir)
         self._adopt_ports()
         from twisted.internet.task import LoopingCall
 

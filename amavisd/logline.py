@@ -19,13 +19,19 @@ _CCAT_LOG_NAMES = {0: "OTHER", 1: "CLEAN", 2: "MTA-BLOCKED", 3: "OVERSIZED", 5: 
                    6: "SPAM"}
 
 
-def ccat_log_name(ccat: str) -> str:
+def ccat_log_name(ccat: str, banned_reason: str | None = None,
+                  virus_names: list[str] | None = None) -> str:
+    """The category word of the main log line (monitoring.md section 5.3)."""
     major, _, minor = ccat.partition(",")
     number = int(major)
     if number == 4:
         return f"BAD-HEADER-{minor or 0}"
     if number == 7:
         return "UNCHECKED-ENCRYPTED" if minor == "1" else "UNCHECKED"
+    if number == 8:
+        return f"BANNED ({banned_reason or ''})"
+    if number == 9:
+        return f"INFECTED ({', '.join(virus_names or [])})"
     return _CCAT_LOG_NAMES.get(number, "OTHER")
 
 
@@ -83,13 +89,20 @@ def main_log_lines(msg: Message, facts, local_of, elapsed_ms: float,
         if not group:
             continue
         ccat = _category(msg, group, word)
+        content = msg.findings.get("content")
+        reason = None
+        if content is not None:
+            reason = next((content.banned[r.address].banning_reason_short for r in group
+                           if r.address in content.banned), None) or next(
+                (v.banning_reason_short for v in content.banned.values()), None)
         actions = []
         for rcpt in group:
             act = status_word(rcpt) + direction(local_of(rcpt.address), msg.originating)
             if act not in actions:
                 actions.append(act)
         actions += msg.actions_performed
-        parts = [f"{word} {ccat_log_name(ccat)} {{{','.join(actions)}}},"]
+        name = ccat_log_name(ccat, reason, msg.findings.get("virus_names"))
+        parts = [f"{word} {name} {{{','.join(actions)}}},"]
         if msg.policy_bank_path:
             parts.append(msg.policy_bank_path)
         client = msg.client
@@ -122,9 +135,17 @@ def main_log_lines(msg: Message, facts, local_of, elapsed_ms: float,
 
 
 def _category(msg: Message, group: list[Recipient], word: str) -> str:
+    """Blocked: the blocking category; Passed: the blocking one if any, else the main one
+    of the passed recipients."""
     blocking = [r.ccat_blocking for r in group if r.ccat_blocking]
     if blocking:
         return max(blocking, key=lambda c: tuple(int(x) for x in c.split(",")))
+    content = msg.findings.get("content")
+    if content is not None:
+        mains = [content.categories[r.address][0] for r in group
+                 if r.address in content.categories]
+        if mains:
+            return max(mains, key=lambda c: tuple(int(x) for x in c.split(",")))
     return msg.findings.get("ccat_main", "1")
 
 

@@ -11,6 +11,7 @@ afterwards; nothing here talks to the client.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -27,10 +28,12 @@ from amavisd.constants import (
     D_PASS,
     ST_CHECK_DONE,
     ST_CHECKING,
+    ST_DECODING,
     ST_FORWARDING,
     ST_MAIL_ID,
     ST_RESULTS,
 )
+from amavisd.content import check_content
 from amavisd.errors import Reply, TempFail
 from amavisd.header import header_facts, oldest_public_ip, read_header_block
 from amavisd.logline import direction, main_log_lines, status_word, timing_report
@@ -38,6 +41,8 @@ from amavisd.message import Message
 from amavisd.received import received_field
 
 log = logging.getLogger(__name__)
+
+_BULK = re.compile(rb"^Precedence:[ \t]*(bulk|list|junk)\b", re.I | re.M)
 
 
 @dataclass
@@ -63,10 +68,11 @@ class Timing:
 class Pipeline:
     """Processes messages for one child; ``stats`` is the child's stats writer."""
 
-    def __init__(self, config, stats, reactor) -> None:
+    def __init__(self, config, stats, reactor, tempdir: str = "") -> None:
         self.config = config
         self.stats = stats
         self.reactor = reactor
+        self.tempdir = tempdir
 
     def is_local(self, view, address: str) -> bool:
         """``@local_domains_maps`` (pipeline.md section 15), through the bank in force."""
@@ -86,14 +92,18 @@ class Pipeline:
         self.stats.set_state(ST_MAIL_ID)
         msg.mail_id, msg.secret_id = ids.generate_mail_id(self.config.mail_id_size_bits)
         try:
-            facts = header_facts(read_header_block(msg.spool_path))
+            block = read_header_block(msg.spool_path)
         except OSError as exc:
             raise TempFail("collect_info", str(exc)) from exc
+        facts = header_facts(block)
         if msg.client.addr is None and msg.client.mta_addr:
             msg.client.addr = msg.client.mta_addr     # section 3.11: from the top trace entry
         timing.mark("collect_info")
+        self.stats.set_state(ST_DECODING)
+        bulk = bool(_BULK.search(block))
+        check_content(msg, view, self.config, self.tempdir, block, bulk, self.stats)
+        timing.mark("content_checks")
         self.stats.set_state(ST_RESULTS)
-        decider.decide(msg)
         timing.mark("decide_mail_destiny")
         self.stats.set_state(ST_FORWARDING)
         yield self._forward(msg, view)

@@ -253,6 +253,67 @@ setting("allowed_added_header_fields", {"received": 1}, t.mapping, BANK,
         "Header fields we may add (lower-case names); Received is on by default.", sigil="%")
 setting("soft_bounce", 0, t.boolean, BANK, "Turn 5xx replies into 4xx.")
 
+# ---------------------------------------------------------------- content checks
+section("content")
+setting("MAXLEVELS", 14, t.integer(0), GLOBAL,
+        "Maximum decoding depth of nested archives and parts (0: no limit).")
+setting("MAXFILES", 1500, t.integer(0), GLOBAL,
+        "Maximum number of parts a message may be decoded into (0: no limit).")
+setting("MIN_EXPANSION_QUOTA", None, t.integer(0), GLOBAL,
+        "Decoding storage quota in bytes, lower bound (undef: not enforced).")
+setting("MAX_EXPANSION_QUOTA", None, t.integer(0), GLOBAL,
+        "Decoding storage quota in bytes, upper bound (undef: not enforced).")
+setting("MIN_EXPANSION_FACTOR", 5, t.integer(0), GLOBAL,
+        "Decoding storage quota: at least this many times the message size.")
+setting("MAX_EXPANSION_FACTOR", 500, t.integer(0), GLOBAL,
+        "Decoding storage quota: at most this many times the message size.")
+setting("decoding_time_limit", 120, t.integer(1), GLOBAL,
+        "Seconds the decoding of one message may take (ours; amavis bounds it by child_timeout).")
+setting("keep_decoded_original_maps", [], t.sequence, BANK,
+        "File types (long form) whose original is kept beside what was decoded from it.",
+        sigil="@")
+setting("banned_filename_maps", ["DEFAULT"], t.sequence, BANK,
+        "Banned-name tables per recipient, or names of tables in banned_rules.", sigil="@")
+setting("banned_filename_re", None, t.anything, GLOBAL,
+        "The DEFAULT banned-name table (a new_RE list of regexes or (regex, value) pairs).")
+setting("banned_namepath_re", None, t.anything, GLOBAL,
+        "Banned table matched against the whole path of a part (attribute form).")
+setting("banned_rules", {}, t.mapping, GLOBAL,
+        "Named banned tables; 'DEFAULT' is banned_filename_re unless set.", sigil="%")
+setting("allowed_header_tests", {}, t.mapping, GLOBAL,
+        "Bad-header tests to run (other mime syntax empty long control 8bit utf8 missing "
+        "multiple); unset keys take amavis's defaults (all on, utf8 off).", sigil="%")
+for _check in ("virus", "banned", "spam", "header"):
+    setting(f"bypass_{_check}_checks_maps", [], t.sequence, BANK,
+            f"Recipients for whom {_check} checks are skipped (lookup tables).", sigil="@")
+for _lover in ("virus", "banned_files", "unchecked", "spam", "bad_header"):
+    setting(f"{_lover}_lovers_maps", [], t.sequence, BANK,
+            f"Recipients who receive {_lover.replace('_', ' ')} mail anyway (lookup tables).",
+            sigil="@")
+setting("final_virus_destiny", 0, t.integer(-4, 1), BANK,
+        "Destiny of infected mail: D_PASS, D_DISCARD, D_BOUNCE, D_REJECT or D_TEMPFAIL.")
+setting("final_banned_destiny", 0, t.integer(-4, 1), BANK, "Destiny of mail with banned parts.")
+setting("final_unchecked_destiny", 1, t.integer(-4, 1), BANK,
+        "Destiny of mail that could not be checked (encrypted, over limits, ambiguous).")
+setting("final_spam_destiny", 1, t.integer(-4, 1), BANK, "Destiny of spam (kill level).")
+setting("final_bad_header_destiny", 1, t.integer(-4, 1), BANK,
+        "Destiny of mail with a bad header section.")
+setting("final_destiny_maps_by_ccat", {}, t.mapping, BANK,
+        "Destiny by content category ('9', '4,2', ...): overrides the final_*_destiny values.",
+        sigil="%")
+setting("smtp_reason_by_ccat", {}, t.mapping, BANK,
+        "Reply reason text by content category (%n log id, %F banned part, %V virus names); "
+        "unset keys take amavis's defaults.", sigil="%")
+setting("X_HEADER_TAG", "X-Virus-Scanned", t.string, GLOBAL,
+        "Name of the header field that says the mail was scanned.")
+setting("X_HEADER_LINE", None, t.string, BANK,
+        "Body of the X_HEADER_TAG field (default 'amavis at $mydomain').",
+        derive=lambda v: f"amavis at {v['mydomain']}")
+setting("remove_existing_x_scanned_headers", 0, t.boolean, BANK,
+        "Delete X_HEADER_TAG fields already in the message.")
+setting("undecipherable_subject_tag", "***UNCHECKED*** ", t.string, BANK,
+        "Subject prefix for local recipients of mail that could not be checked.")
+
 # ---------------------------------------------------------------- logging
 section("logging")
 setting("log_level", 0, t.integer(-5, 5), BANK, "Verbosity 0-5 (-d on the command line).")

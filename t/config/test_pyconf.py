@@ -83,7 +83,9 @@ def test_perl_and_native_files_load_in_order(tmp_path):
     config = load_config(parse_args(["-c", first, "-c", second]))
     assert config.max_servers == 3 and config.origin("max_servers") == f"{first}:3"
     assert config.log_level == 4
-    assert config.accepted_not_implemented["final_virus_destiny"].startswith(first)
+    assert config.final_virus_destiny == D_DISCARD
+    assert config.origin("final_virus_destiny") == f"{first}:4"
+    assert "final_virus_destiny" not in config.accepted_not_implemented
 
 
 def test_group_writable_config_is_refused(tmp_path):

@@ -54,7 +54,8 @@ def tmp_path(request):
     path = Path(tempfile.mkdtemp(prefix=request.node.name[:40] + "-", dir=base))
     os.chmod(path, 0o711)
     yield path
-    shutil.rmtree(path, ignore_errors=True)
+    if os.environ.get("AMAVISD_KEEP_TEST_DIRS") != "1":
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
@@ -143,6 +144,7 @@ def message(subject: str = "hello", body: bytes = b"Hi Bob,\r\nsee you.\r\n",
             extra: bytes = b"") -> bytes:
     """A small message with CRLF line ends (as on the wire, not yet dot-stuffed)."""
     return (b"From: Alice <alice@anchor.test>\r\nTo: Bob <bob@anchor.test>\r\n"
+            b"Date: Mon, 30 Nov 2026 03:01:54 +0000\r\n"
             b"Subject: " + subject.encode() + b"\r\nMessage-ID: <" + subject.encode()
             + b"@anchor.test>\r\n" + extra + b"\r\n" + body)
 

@@ -31,6 +31,8 @@ def test_demo_passes_mail_into_bsmtp_files(tmp_path):
         wait_for(answers, timeout=20, what="the demo daemon")
         with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
             refused = smtp.sendmail("alice@example.com", ["bob@example.com"],
+                                    "From: alice@example.com\r\n"
+                                    "Date: Mon, 30 Nov 2026 03:01:54 +0000\r\n"
                                     "Subject: hello\r\nMessage-ID: <demo@x>\r\n\r\nhi\r\n")
         assert refused == {}
         out = home / "out"

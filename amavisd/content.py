@@ -1,0 +1,135 @@
+"""Content checks of one message, in amavis's order, then the per-recipient decision.
+
+Runs in the child, from the pipeline, before forwarding (spec/pipeline.md section
+2): decode MIME and archives into ``<tempdir>/parts``, check the header section,
+check banned names and types per recipient group, then ``decide`` each recipient.
+Checks only record findings here; ``amavisd.decide`` turns them into destinies.
+Virus and spam scanning plug in beside the banned check (their own issue).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from amavisd import decide as decider
+from amavisd.checks import badheader, banned
+from amavisd.config.lookup import Lookups, lookup
+from amavisd.errors import TempFail
+from amavisd.message import Message
+from amavisd.parts import PartsTree
+from amavisd.unpack import decode_message
+from amavisd.unpack.context import DecodeLimits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ContentResult:
+    """What the checks found, kept on ``msg.findings['content']`` for headers, logs, SQL."""
+
+    tree: PartsTree
+    header_faults: list[badheader.HeaderFault]
+    banned_hits: list[banned.BannedHit]
+    banned: dict[str, banned.BannedVerdict]
+    categories: dict[str, list[str]] = field(default_factory=dict)
+    main_ccat: str = decider.CCAT_CLEAN
+
+
+def decode_limits(config: Any) -> DecodeLimits:
+    """The section 6.5 bounds from the settings (undef quotas count as 0, as in Perl)."""
+    return DecodeLimits(
+        max_levels=config.MAXLEVELS, max_files=config.MAXFILES,
+        min_expansion_quota=config.MIN_EXPANSION_QUOTA,
+        max_expansion_quota=config.MAX_EXPANSION_QUOTA,
+        min_expansion_factor=config.MIN_EXPANSION_FACTOR,
+        max_expansion_factor=config.MAX_EXPANSION_FACTOR,
+        time_limit=float(config.decoding_time_limit))
+
+
+def fresh_parts_dir(tempdir: str) -> Path:
+    """``<tempdir>/parts``, emptied: the previous message's parts never linger."""
+    parts = Path(tempdir) / "parts"
+    if parts.is_symlink():
+        raise TempFail("mkdir parts", f"{parts} is a symbolic link")
+    if parts.exists():
+        shutil.rmtree(parts)
+    os.mkdir(parts, 0o700)
+    return parts
+
+
+def banned_rules(config: Any) -> dict[str, Any]:
+    """``%banned_rules`` with its after-default ``DEFAULT => $banned_filename_re``."""
+    rules = dict(config.banned_rules or {})
+    if "DEFAULT" not in rules:
+        rules["DEFAULT"] = config.banned_filename_re
+    return rules
+
+
+def check_content(msg: Message, view: Any, config: Any, tempdir: str,
+                  header_block: bytes, bulk: bool, stats: Any = None) -> ContentResult:
+    """Decode, check and decide.  Our own faults (disk) raise TempFail; bad mail never does."""
+    try:
+        parts_dir = fresh_parts_dir(tempdir)
+        tree = decode_message(msg, parts_dir, decode_limits(config))
+    except OSError as exc:
+        raise TempFail("parts_decode", str(exc)) from exc
+    if stats is not None:
+        stats.add("OpsDec")
+    if tree.hold:
+        log.info("decoding stopped: %s", tree.hold)
+    allowed = {**badheader.ALLOWED_HEADER_TESTS, **(config.allowed_header_tests or {})}
+    faults = badheader.run(header_block, smtputf8=msg.smtputf8, allowed_tests=allowed,
+                           mime_errors=tree.mime_errors)
+    lookups = Lookups(view)
+
+    def bypass(address: str, kind: str) -> bool:
+        return bool(lookups.per_recipient(f"bypass_{kind}_checks_maps", address))
+
+    rules: dict[str, Any] = {}
+    for rcpt in msg.recipients:
+        if rcpt.done:
+            continue
+        rules[rcpt.address] = None if bypass(rcpt.address, "banned") else \
+            lookups.per_recipient("banned_filename_maps", rcpt.address, get_all=True)
+    hits = banned.run(tree, rules, config.banned_namepath_re, banned_rules=banned_rules(config))
+    verdicts = banned.per_recipient(hits)
+    findings = decider.ContentFindings(
+        banned_recipients={addr: v.banning_reason_short or "" for addr, v in verdicts.items()
+                           if v.banning_rule_rhs and any(v.banning_rule_rhs)},
+        badh_minors=badheader.badh_minors(faults),
+        undecipherable=tree.any_undecipherable,
+        encrypted=tree.any_encrypted,
+        over_limits=tree.over_levels,
+        ambiguous=tree.ambiguous)
+    result = ContentResult(tree, faults, hits, verdicts)
+    for rcpt in msg.recipients:
+        if rcpt.done:
+            continue
+        cats = decider.categorize(findings, rcpt, lambda kind, a=rcpt.address: bypass(a, kind))
+        result.categories[rcpt.address] = list(cats.items)
+
+        def lover(ccat: str, address: str = rcpt.address) -> bool:
+            setting = decider.LOVERS_BY_CCAT.get(ccat.split(",")[0])
+            return bool(setting and lookups.per_recipient(setting, address))
+
+        def destiny_for(value: Any, address: str = rcpt.address) -> Any:
+            if isinstance(value, (list, tuple)):
+                return lookup(False, address, value)
+            return value
+
+        macros = {"F": findings.banned_recipients.get(rcpt.address, ""),
+                  "V": ", ".join(findings.virus_names)}
+        verdict = decider.decide_recipient(
+            rcpt, cats, view=view, is_lover=lover, destiny_for=destiny_for,
+            sender=msg.sender, bulk=bulk, log_id=msg.log_id, macros=macros)
+        decider.apply_verdict(rcpt, verdict)
+        if decider.ccat_key(cats.main) > decider.ccat_key(result.main_ccat):
+            result.main_ccat = cats.main
+    msg.findings["content"] = result
+    msg.findings["ccat_main"] = result.main_ccat
+    return result
