@@ -128,8 +128,19 @@ def check_content(msg: Message, view: Any, config: Any, tempdir: str,
             rcpt, cats, view=view, is_lover=lover, destiny_for=destiny_for,
             sender=msg.sender, bulk=bulk, log_id=msg.log_id, macros=macros)
         decider.apply_verdict(rcpt, verdict)
+        rcpt.ccats = list(cats.items)
+        banned_verdict = verdicts.get(rcpt.address)
+        if banned_verdict is not None and rcpt.address in findings.banned_recipients:
+            rcpt.banning_reason_short = banned_verdict.banning_reason_short
+            rcpt.dsn_suppress_reason = banned_verdict.dsn_suppress_reason
         if decider.ccat_key(cats.main) > decider.ccat_key(result.main_ccat):
             result.main_ccat = cats.main
     msg.findings["content"] = result
     msg.findings["ccat_main"] = result.main_ccat
+    # the keys the header, quarantine and DSN actions read
+    msg.findings["hold"] = tree.hold
+    msg.findings["bad_headers"] = faults
+    msg.findings["banned"] = hits
+    msg.findings["ccats"] = sorted({c for cats in result.categories.values() for c in cats},
+                                   key=decider.ccat_key, reverse=True)
     return result

@@ -138,14 +138,22 @@ def stats_slot_count(config) -> int:
 
 
 def _ensure_dirs(config, identity) -> None:
-    """Create ``$db_home`` when we own the stats segment there; TEMPBASE must exist."""
-    if config.enable_db and config.db_home and not os.path.isdir(config.db_home):
+    """Create ``$db_home`` (the stats segment) and ``$QUARANTINEDIR`` when missing.
+
+    A missing quarantine folder would otherwise be taken for an mbox file by the
+    ``local:`` method; TEMPBASE must already exist (checked after the drop).
+    """
+    wanted = [("db_home", config.db_home if config.enable_db else None),
+              ("QUARANTINEDIR", config.QUARANTINEDIR)]
+    for name, folder in wanted:
+        if not folder or os.path.exists(folder):
+            continue
         try:
-            os.makedirs(config.db_home, mode=0o750)
+            os.makedirs(folder, mode=0o750)
         except OSError as exc:
-            raise BootError(f"cannot create db_home {config.db_home}: {exc.strerror}") from None
+            raise BootError(f"cannot create {name} {folder}: {exc.strerror}") from None
         if identity is not None and os.geteuid() == 0:
-            os.chown(config.db_home, identity.uid, identity.gid)
+            os.chown(folder, identity.uid, identity.gid)
 
 
 def _chown_log(config, identity) -> None:

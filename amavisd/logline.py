@@ -80,7 +80,7 @@ def _queued_as(rcpts: list[Recipient]) -> str | None:
 
 
 def main_log_lines(msg: Message, facts, local_of, elapsed_ms: float,
-                   origin_ip: str | None) -> list[str]:
+                   origin_ip: str | None, quarantined: list[str] | None = None) -> list[str]:
     """The Passed line and/or the Blocked line for one message."""
     passed = [r for r in msg.recipients if r.destiny == D_PASS and r.reply and r.reply.is_ok]
     blocked = [r for r in msg.recipients if r not in passed]
@@ -115,6 +115,8 @@ def main_log_lines(msg: Message, facts, local_of, elapsed_ms: float,
         recips = ",".join(quote_address(r.address) for r in group)
         line = " ".join(parts) + f" {quote_address(msg.sender)} -> {recips}"
         extras = []
+        if quarantined:
+            extras.append(f"quarantine: {', '.join(quarantined)}")
         if client.ident:
             extras.append(f"Queue-ID: {client.ident}")
         if facts.message_id:

@@ -50,6 +50,9 @@ class Recipient:
     delivery_method: str | list[str] | None = None
     queued_as: str | None = None
     mailbox: str | None = None
+    #: Content categories, ``"maj"`` or ``"maj,min"`` (pipeline.md 12.2), set by decide;
+    #: empty means CLEAN only.  Header edits (actions/headers.py) read them.
+    ccats: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -21,7 +21,9 @@ from twisted.internet import defer
 from amavisd import decide as decider
 from amavisd import ids
 from amavisd import log as amavis_log
+from amavisd.actions import dsn, quarantine
 from amavisd.actions.forward import forward
+from amavisd.actions.headers import hops_refusal, plan_edits, render_header, split_header
 from amavisd.config.lookup import Lookups
 from amavisd.constants import (
     CCAT_DISPLAY_NAMES_MAJOR,
@@ -31,14 +33,13 @@ from amavisd.constants import (
     ST_DECODING,
     ST_FORWARDING,
     ST_MAIL_ID,
-    ST_RESULTS,
+    ST_QUARANTINE,
 )
 from amavisd.content import check_content
 from amavisd.errors import Reply, TempFail
 from amavisd.header import header_facts, oldest_public_ip, read_header_block
 from amavisd.logline import direction, main_log_lines, status_word, timing_report
 from amavisd.message import Message
-from amavisd.received import received_field
 
 log = logging.getLogger(__name__)
 
@@ -103,49 +104,80 @@ class Pipeline:
         bulk = bool(_BULK.search(block))
         check_content(msg, view, self.config, self.tempdir, block, bulk, self.stats)
         timing.mark("content_checks")
-        self.stats.set_state(ST_RESULTS)
-        timing.mark("decide_mail_destiny")
+        self.stats.set_state(ST_QUARANTINE)
+        deadline = time.time() + float(view.child_timeout)
+        requests = quarantine.select(msg, lambda rcpt: view)
+        if requests:
+            yield quarantine.quarantine_async(msg, requests, view, self.reactor, deadline)
+            self.stats.add("QuarMsgs")
+            self.stats.add("QuarMsgsSize", msg.size)
+        timing.mark("notif-quar")
         self.stats.set_state(ST_FORWARDING)
         yield self._forward(msg, view)
+        forwarded = any(r.done == 2 and r.reply is not None and r.reply.is_ok
+                        for r in msg.recipients)
         for rcpt in msg.recipients:
             if rcpt.done == 2:
                 decider.apply_mta_failure(rcpt, msg.log_id)
         timing.mark("forwarding")
+        if dsn.plan(msg, view, per_recipient_capable=msg.lmtp).needed:
+            yield dsn.send(msg, view, self.reactor, per_recipient_capable=msg.lmtp,
+                           deadline=deadline, forwarded_any=forwarded)
+            timing.mark("DSN")
         self._count(msg, view, timing)
         self.stats.set_state(ST_CHECK_DONE)
         origin_ip = oldest_public_ip(facts.received)
+        quarantined = quarantine.log_locations(msg, view)
         for line in main_log_lines(msg, facts, lambda a: self.is_local(view, a),
-                                   timing.total_ms(), origin_ip):
+                                   timing.total_ms(), origin_ip, quarantined):
             amavis_log.do_log(0, "%s", line)
         if logging.getLogger().isEnabledFor(amavis_log.py_level(2)):
             amavis_log.do_log(2, "%s", timing_report(msg.size, timing.sections,
                                                      timing.total_ms()))
 
     def _forward(self, msg: Message, view):
-        """One transaction per distinct delivery method among the passed recipients."""
-        groups: OrderedDict[str, list] = OrderedDict()
-        methods: dict[str, object] = {}
+        """Per header-edit cluster (pipeline.md 20.10), one transaction per delivery method.
+
+        Each cluster gets its own header section (actions/headers.py); the body is
+        streamed from the spool file after the original header.  The categories
+        and findings the edits depend on are the recipients' ``ccats`` and
+        ``msg.findings`` as decide and the checks left them.
+        """
+        passed = []
         for rcpt in msg.recipients:
             if rcpt.done or rcpt.destiny != D_PASS:
                 continue
-            method = view.forward_method
-            rcpt.delivery_method = method
-            key = repr(method)
-            groups.setdefault(key, []).append(rcpt)
-            methods[key] = method
+            rcpt.delivery_method = view.forward_method
+            if not rcpt.delivery_method:  # the AM.PDP client delivers (section 5.1)
+                rcpt.reply = Reply(250, "2.5.0", f"Ok, id={msg.log_id}, continue delivery")
+                continue
+            passed.append(rcpt)
+        if not passed:
+            return defer.succeed(None)
+        try:
+            split = split_header(msg.spool_path)
+        except OSError as exc:
+            raise TempFail("forwarding", str(exc)) from exc
+        refusal = hops_refusal(split.block, msg.log_id)
         calls = []
         deadline = time.time() + float(view.child_timeout)
-        for key, rcpts in groups.items():
-            method = methods[key]
-            if not method:
-                for rcpt in rcpts:        # the AM.PDP client delivers (section 5.1)
-                    rcpt.reply = Reply(250, "2.5.0", f"Ok, id={msg.log_id}, continue delivery")
+        for cluster in plan_edits(msg, passed, view, msg.findings, msg.rx_time, split.block):
+            if refusal is not None:       # RFC 5321 6.3 loop detection (pipeline.md 20.1)
+                amavis_log.do_log(-1, "Too many hops: %s", refusal.text)
+                for rcpt in cluster.recipients:
+                    rcpt.reply, rcpt.done = refusal, 2
                 continue
-            prefix = b""
-            if (view.allowed_added_header_fields or {}).get("received"):
-                prefix = received_field(msg, view, msg.rx_time)
-            calls.append(forward(msg, rcpts, method, prefix, view, self.reactor,
-                                 per_recipient_capable=msg.lmtp, deadline=deadline))
+            header = render_header(split.block, cluster.edit, complete=split.complete)
+            groups: OrderedDict[str, list] = OrderedDict()
+            methods: dict[str, object] = {}
+            for rcpt in cluster.recipients:
+                key = repr(rcpt.delivery_method)
+                groups.setdefault(key, []).append(rcpt)
+                methods[key] = rcpt.delivery_method
+            for key, rcpts in groups.items():
+                calls.append(forward(msg, rcpts, methods[key], header, split.body_offset, view,
+                                     self.reactor, per_recipient_capable=msg.lmtp,
+                                     deadline=deadline))
         return defer.gatherResults(calls, consumeErrors=True) if calls else defer.succeed(None)
 
     def _count(self, msg: Message, view, timing: Timing) -> None:

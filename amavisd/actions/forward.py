@@ -143,11 +143,12 @@ def _fail_all(recipients: Sequence[Recipient], reply: Reply, done: int) -> None:
         _apply(rcpt, reply, done)
 
 
-def is_8bit(path: Path, header_prefix: bytes) -> bool:
-    """Whether any byte is >= 0x80 (decides BODY=, spec 5.3 step 9); read in chunks."""
-    if not header_prefix.isascii():
+def is_8bit(path: Path, header: bytes, body_offset: int = 0) -> bool:
+    """Whether any byte sent is >= 0x80 (decides BODY=, spec 5.3 step 9); read in chunks."""
+    if not header.isascii():
         return True
     with open(path, "rb") as fh:
+        fh.seek(body_offset)
         while chunk := fh.read(CHUNK_SIZE):
             if not chunk.isascii():
                 return True
@@ -164,10 +165,16 @@ def queued_as_from(mta_reply: str) -> str:
 
 
 def forward(msg: Message, recipients: list[Recipient], method: str | list[str],
-            header_prefix: bytes, settings: Any, reactor: Any, per_recipient_capable: bool,
-            deadline: float, *, clock: Any = None,
+            header: bytes, body_offset: int, settings: Any, reactor: Any,
+            per_recipient_capable: bool, deadline: float, *, clock: Any = None,
             rng: random.Random | None = None) -> defer.Deferred[None]:
     """Deliver ``msg`` to ``recipients`` by ``method``; set reply/done/queued_as on each.
+
+    What is sent is ``header`` (the complete new header section from
+    ``actions.headers.render_header``, CRLF, ending with the empty line), then the
+    spool file from ``body_offset`` on (where the body starts), streamed in chunks.
+    With ``body_offset`` 0, ``header`` is a prefix to the whole file (as
+    actions/dsn.py uses it for a DSN it wrote itself).
 
     An empty method (or list of empties) means the AM.PDP client delivers: the
     recipients stay undone (spec 5.1).  Never fails: any bug becomes a 451.
@@ -176,8 +183,8 @@ def forward(msg: Message, recipients: list[Recipient], method: str | list[str],
     if not recipients or not any(m.strip() for m in methods):
         return defer.succeed(None)
     clock = clock or reactor
-    d = defer.maybeDeferred(_dispatch, msg, recipients, methods, header_prefix, settings,
-                            reactor, per_recipient_capable, deadline, clock, rng)
+    d = defer.maybeDeferred(_dispatch, msg, recipients, methods, (header, body_offset),
+                            settings, reactor, per_recipient_capable, deadline, clock, rng)
 
     def trouble(failure: Any) -> None:
         log.error("TROUBLE in forward: %s", failure.getErrorMessage(),
@@ -189,8 +196,12 @@ def forward(msg: Message, recipients: list[Recipient], method: str | list[str],
     return d.addErrback(trouble)
 
 
+#: The new header section and the spool offset of the body (see ``forward``).
+Content = tuple[bytes, int]
+
+
 def _dispatch(msg: Message, recipients: list[Recipient], methods: list[str],
-              header_prefix: bytes, settings: Any, reactor: Any, per_rcpt: bool,
+              content: Content, settings: Any, reactor: Any, per_rcpt: bool,
               deadline: float, clock: Any, rng: random.Random | None) -> Any:
     try:
         parsed = [parse_method(m, msg.client) for m in methods]
@@ -201,13 +212,13 @@ def _dispatch(msg: Message, recipients: list[Recipient], methods: list[str],
         return None
     scheme = parsed[0].scheme
     if scheme in ("smtp", "lmtp"):
-        return _forward_smtp(msg, recipients, methods, header_prefix, settings, reactor,
+        return _forward_smtp(msg, recipients, methods, content, settings, reactor,
                              per_rcpt, deadline, clock, rng)
     if scheme == "bsmtp":
-        _forward_bsmtp(msg, recipients, parsed[0], header_prefix, settings, clock)
+        _forward_bsmtp(msg, recipients, parsed[0], content, settings, clock)
         return None
     if scheme == "pipe":
-        return _forward_pipe(msg, recipients, parsed[0], header_prefix, settings, reactor,
+        return _forward_pipe(msg, recipients, parsed[0], content, settings, reactor,
                              deadline, clock)
     log.error("forward: delivery method %s: is not handled by forward()", scheme)
     _fail_all(recipients, Reply(451, "4.5.0", f"Delivery method {scheme}: not supported for "
@@ -232,7 +243,7 @@ def _endpoint(reactor: Any, m: Method, timeout: float, bind: str | None) -> Any:
 
 @defer.inlineCallbacks
 def _one_session(msg: Message, recipients: list[Recipient], methods: list[str],
-                 header_prefix: bytes, opts: ClientOptions, settings: Any, reactor: Any,
+                 content: Content, opts: ClientOptions, settings: Any, reactor: Any,
                  per_rcpt: bool, eight_bit: bool, clock: Any,
                  rng: random.Random | None) -> Any:
     """Try the failover list until a connection succeeds, then run one transaction."""
@@ -240,9 +251,9 @@ def _one_session(msg: Message, recipients: list[Recipient], methods: list[str],
     order = failover_order(methods, rng)
     for raw in order:
         m = parse_method(raw, msg.client)
-        proto = ForwardClient(msg, recipients, header_prefix, opts, lmtp=m.scheme == "lmtp",
+        proto = ForwardClient(msg, recipients, content[0], opts, lmtp=m.scheme == "lmtp",
                               per_recipient_capable=per_rcpt, eight_bit=eight_bit,
-                              mta_id=m.mta_id, clock=clock)
+                              mta_id=m.mta_id, clock=clock, body_offset=content[1])
         ep = _endpoint(reactor, m, stage_timeout("connect", opts.deadline, clock.seconds()),
                        getattr(settings, "local_client_bind_address", None))
         try:
@@ -262,14 +273,14 @@ def _one_session(msg: Message, recipients: list[Recipient], methods: list[str],
 
 @defer.inlineCallbacks
 def _forward_smtp(msg: Message, recipients: list[Recipient], methods: list[str],
-                  header_prefix: bytes, settings: Any, reactor: Any, per_rcpt: bool,
+                  content: Content, settings: Any, reactor: Any, per_rcpt: bool,
                   deadline: float, clock: Any, rng: random.Random | None) -> Any:
     """One transaction, plus further ones for 452-deferred recipients (spec 5.3, 6.8)."""
     opts = ClientOptions.from_settings(settings, deadline)
-    eight_bit = is_8bit(msg.spool_path, header_prefix)
+    eight_bit = is_8bit(msg.spool_path, *content)
     pending = list(recipients)
     while pending:
-        outcome = yield _one_session(msg, pending, methods, header_prefix, opts, settings,
+        outcome = yield _one_session(msg, pending, methods, content, opts, settings,
                                      reactor, per_rcpt, eight_bit, clock, rng)
         _apply_outcome(msg, pending, outcome)
         deferred = [r for r, res in zip(pending, outcome.results, strict=True) if res.deferred]
@@ -318,7 +329,7 @@ def bsmtp_envelope(msg: Message, recipients: Sequence[Recipient], settings: Any,
     return "".join(f"{ln}\n" for ln in lines).encode("utf-8")
 
 
-def _forward_bsmtp(msg: Message, recipients: list[Recipient], m: Method, header_prefix: bytes,
+def _forward_bsmtp(msg: Message, recipients: list[Recipient], m: Method, content: Content,
                    settings: Any, clock: Any) -> None:
     """Write ``<file>.tmp`` (O_EXCL, 0640), then rename (spec 5.8)."""
     name = expand_template(m.arg, msg, clock.seconds())
@@ -334,10 +345,11 @@ def _forward_bsmtp(msg: Message, recipients: list[Recipient], m: Method, header_
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(bsmtp_envelope(msg, recipients, settings,
-                                     is_8bit(msg.spool_path, header_prefix)))
+                                     is_8bit(msg.spool_path, *content)))
             stuffer = DotStuffer(b"\n")
-            out.write(stuffer.feed(header_prefix))
+            out.write(stuffer.feed(content[0]))
             with open(msg.spool_path, "rb") as src:
+                src.seek(content[1])
                 while chunk := src.read(CHUNK_SIZE):
                     out.write(stuffer.feed(chunk))
             out.write(stuffer.finish())
@@ -401,15 +413,17 @@ def pipe_argv(m: Method, msg: Message, recipients: Sequence[Recipient],
 class _PipeProtocol(protocol.ProcessProtocol):
     """Feeds header + body (LF line ends) to stdin; ``done`` fires with the exit status."""
 
-    def __init__(self, msg: Message, header_prefix: bytes, clock: Any):
-        self.msg, self.header_prefix, self.clock = msg, header_prefix, clock
+    def __init__(self, msg: Message, content: Content, clock: Any):
+        self.msg, self.clock = msg, clock
+        self.header, self.body_offset = content
         self.done: defer.Deferred[str | int] = defer.Deferred()
         self._fh: Any = None
         self._reaper: LoopingCall | None = None
 
     def connectionMade(self) -> None:
-        self.transport.write(self.header_prefix.replace(b"\r\n", b"\n"))
+        self.transport.write(self.header.replace(b"\r\n", b"\n"))
         self._fh = open(self.msg.spool_path, "rb")
+        self._fh.seek(self.body_offset)
         self.transport.registerProducer(self, False)
         # Without a SIGCHLD handler (children run installSignalHandlers=False) Twisted
         # only reaps when the pipes close; poll so a late exit is still noticed.
@@ -458,7 +472,7 @@ def _kill(proto: _PipeProtocol, log_id: str) -> None:
 
 
 @defer.inlineCallbacks
-def _forward_pipe(msg: Message, recipients: list[Recipient], m: Method, header_prefix: bytes,
+def _forward_pipe(msg: Message, recipients: list[Recipient], m: Method, content: Content,
                   settings: Any, reactor: Any, deadline: float, clock: Any) -> Any:
     """Run the program with no shell and map its exit status to a reply (spec 5.8)."""
     try:
@@ -467,7 +481,7 @@ def _forward_pipe(msg: Message, recipients: list[Recipient], m: Method, header_p
         log.error("%s", exc)
         _fail_all(recipients, Reply(451, "4.5.0", f"{exc}, id={msg.log_id}"), 1)
         return None
-    proto = _PipeProtocol(msg, header_prefix, clock)
+    proto = _PipeProtocol(msg, content, clock)
     try:
         reactor.spawnProcess(proto, argv[0], argv, env=dict(os.environ))
     except OSError as exc:

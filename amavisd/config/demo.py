@@ -13,6 +13,9 @@ import os
 import tempfile
 from typing import Any
 
+from amavisd.checks.banned import DEBIAN_BANNED_FILENAME_RE
+from amavisd.constants import D_DISCARD
+
 
 def demo_home() -> str:
     default = os.path.join(tempfile.gettempdir(), "amavisd-demo")
@@ -38,6 +41,11 @@ def demo_settings() -> dict[str, Any]:
         "DO_SYSLOG": 0,
         "log_level": 1,
         "pid_file": f"{home}/amavisd.pid",
+        # as Debian's default: no virus or spam scanner, so no X-Virus-Scanned field
+        "bypass_virus_checks_maps": [1],
+        "bypass_spam_checks_maps": [1],
+        "banned_filename_re": DEBIAN_BANNED_FILENAME_RE,
+        "final_banned_destiny": D_DISCARD,
     }
     if os.geteuid() == 0:
         settings["daemon_user"] = "nobody"

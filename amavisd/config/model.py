@@ -50,6 +50,10 @@ class Config:
                 self.values[name] = entry.derive(self.values)
                 self.origins[name] = "derived"
         self._fold_deprecated()
+        tag = (self.values.get("X_HEADER_TAG") or "").lower()
+        allowed = self.values["allowed_added_header_fields"]
+        if tag and tag not in allowed:           # amavis adds its own tag implicitly
+            self.values["allowed_added_header_fields"] = {**allowed, tag: 1}
 
     def _fold_deprecated(self) -> None:
         opts = self.values["smtpd_tls_server_options"]

@@ -249,8 +249,16 @@ setting("smtp_connection_cache_on_demand", 1, t.boolean, GLOBAL,
         "Turn outgoing connection caching on when messages arrive often.")
 setting("smtp_connection_cache_enable", 1, t.boolean, GLOBAL,
         "Allow outgoing connection caching at all.")
-setting("allowed_added_header_fields", {"received": 1}, t.mapping, BANK,
-        "Header fields we may add (lower-case names); Received is on by default.", sigil="%")
+setting("allowed_added_header_fields", {
+    **{name: 1 for name in (
+        "received", "dkim-signature", "authentication-results", "vbr-info", "x-quarantine-id",
+        "x-amavis-alert", "x-amavis-hold", "x-amavis-modified", "x-amavis-penpals",
+        "x-amavis-os-fingerprint", "x-amavis-policybank", "x-spam-status", "x-spam-level",
+        "x-spam-flag", "x-spam-score", "x-spam-tests", "x-crm114-status", "x-crm114-cacheid",
+        "x-dspam-result", "x-dspam-signature", "x-bogosity")},
+    "x-spam-report": 0, "x-spam-checker-version": 0, "x-amavis-category": 0},
+        t.mapping, BANK,
+        "Header fields we may add (lower-case names, spec pipeline.md section 20).", sigil="%")
 setting("soft_bounce", 0, t.boolean, BANK, "Turn 5xx replies into 4xx.")
 
 # ---------------------------------------------------------------- content checks
@@ -313,6 +321,35 @@ setting("remove_existing_x_scanned_headers", 0, t.boolean, BANK,
         "Delete X_HEADER_TAG fields already in the message.")
 setting("undecipherable_subject_tag", "***UNCHECKED*** ", t.string, BANK,
         "Subject prefix for local recipients of mail that could not be checked.")
+
+# ---------------------------------------------------------------- quarantine
+section("quarantine")
+setting("quarantine_subdir_levels", None, t.integer(0, 1), GLOBAL,
+        "With 1, quarantine files go into a subfolder named by the first character of mail_id.")
+for _kind, _method in (("virus", "local:virus-%m"), ("banned_files", "local:banned-%m"),
+                       ("unchecked", None), ("spam", "local:spam-%m.gz"),
+                       ("bad_header", "local:badh-%m"), ("clean", None), ("archive", None)):
+    setting(f"{_kind}_quarantine_method", _method, t.delivery_method, BANK,
+            f"Where {_kind.replace('_', ' ')} mail is quarantined (e.g. local:name-%m).")
+for _kind in ("virus", "banned", "unchecked", "spam", "bad_header", "clean", "archive"):
+    setting(f"{_kind}_quarantine_to_maps", [f"{_kind.replace('_', '-')}-quarantine"],
+            t.sequence, BANK,
+            f"Quarantine address for {_kind.replace('_', ' ')} mail, per recipient.", sigil="@")
+setting("quarantine_method_by_ccat", {}, t.mapping, BANK,
+        "Quarantine method by content category: overrides the *_quarantine_method values.",
+        sigil="%")
+setting("quarantine_to_maps_by_ccat", {}, t.mapping, BANK,
+        "Quarantine address tables by content category (overrides).", sigil="%")
+setting("local_delivery_aliases", None, t.mapping, GLOBAL,
+        "Local part -> mailbox for local: delivery (default: the quarantine names).", sigil="%")
+setting("mailfrom_to_quarantine", None, t.string, BANK,
+        "Envelope sender of quarantined copies (default: the original sender).")
+setting("hdrfrom_notify_sender", None, t.string, BANK,
+        "From of DSNs (default '\"Content-filter at <myhostname>\" <postmaster@<myhostname>>').")
+setting("viruses_that_fake_sender_maps", [1], t.sequence, BANK,
+        "Virus names for which no DSN is sent (the sender is forged).", sigil="@")
+setting("dsn_return_full_message", 1, t.boolean, BANK,
+        "RET=FULL returns the whole message in a DSN (amavis returns only the header).")
 
 # ---------------------------------------------------------------- logging
 section("logging")

@@ -292,11 +292,17 @@ class DotStuffer:
 
 @implementer(interfaces.IPullProducer)
 class SpoolProducer:
-    """Pull producer: one 256 KiB chunk of the spool file per ``resumeProducing``."""
+    """Pull producer: one 256 KiB chunk of the spool file per ``resumeProducing``.
+
+    Starts at ``offset``: the body after the original header section, whose edited
+    copy was already written (actions/headers.py, pipeline.md 20.2).
+    """
 
     def __init__(self, path: Path, stuffer: DotStuffer, write: Callable[[bytes], None],
-                 done: Callable[[], None], progress: Callable[[], None]):
+                 done: Callable[[], None], progress: Callable[[], None], offset: int = 0):
         self._fh: BinaryIO | None = open(path, "rb")
+        if offset:
+            self._fh.seek(offset)
         self._stuffer, self._write, self._done, self._progress = stuffer, write, done, progress
 
     def resumeProducing(self) -> None:
@@ -402,10 +408,11 @@ class ForwardClient(LineOnlyReceiver):
     delimiter = b"\n"
     MAX_LENGTH = RUNAWAY_LINE
 
-    def __init__(self, msg: Message, recipients: Sequence[Recipient], header_prefix: bytes,
+    def __init__(self, msg: Message, recipients: Sequence[Recipient], header: bytes,
                  options: ClientOptions, *, lmtp: bool, per_recipient_capable: bool,
-                 eight_bit: bool, mta_id: str, clock: Any):
-        self.msg, self.recipients, self.header_prefix = msg, list(recipients), header_prefix
+                 eight_bit: bool, mta_id: str, clock: Any, body_offset: int = 0):
+        self.msg, self.recipients, self.header = msg, list(recipients), header
+        self.body_offset = body_offset
         self.options, self.lmtp, self.per_rcpt = options, lmtp, per_recipient_capable
         self.eight_bit, self.mta_id, self.clock = eight_bit, mta_id, clock
         self.results = [RcptResult() for _ in self.recipients]
@@ -813,19 +820,23 @@ class ForwardClient(LineOnlyReceiver):
     # -- the message ------------------------------------------------------------
 
     def _stream(self) -> None:
-        """Header prefix, then the spool file through a pull producer (spec 5.3 step 13)."""
+        """``header``, then the spool file from ``body_offset`` through a pull producer.
+
+        Spec 5.3 step 13.  ``header`` is the new header section (pipeline.md 20.2);
+        with ``body_offset`` 0 it is a prefix to the whole spool file.
+        """
         self._set_state("SENDING")  # DATA -> SENDING
         self.section = "fwd-data-hdr"
         self._arm("transfer")
         stuffer = DotStuffer(b"\r\n")
-        head = stuffer.feed(self.header_prefix)
+        head = stuffer.feed(self.header)
         if head:
             self.transport.write(head)
         self.section = "fwd-data-contents"
         try:
             self._producer = SpoolProducer(self.msg.spool_path, stuffer, self.transport.write,
                                            lambda: self._end_of_data(stuffer),
-                                           lambda: self._arm("transfer"))
+                                           lambda: self._arm("transfer"), self.body_offset)
         except OSError as exc:
             self._fail("other", f"Can't open {self.msg.spool_path}: {exc.strerror}")
             return

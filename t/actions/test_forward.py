@@ -61,9 +61,9 @@ def make_msg(tmp_path: Path, *names: str, body: bytes = BODY, **kw: Any) -> Mess
 
 
 def run(msg: Message, method: str | list[str], *, per_rcpt: bool = False,
-        prefix: bytes = PREFIX, **kw: Any) -> list[str]:
-    in_reactor(forward, msg, msg.recipients, method, prefix, settings(**kw), reactor,
-               per_rcpt, time.time() + 300)
+        prefix: bytes = PREFIX, body_offset: int = 0, **kw: Any) -> list[str]:
+    in_reactor(forward, msg, msg.recipients, method, prefix, body_offset, settings(**kw),
+               reactor, per_rcpt, time.time() + 300)
     return [str(r.reply) for r in msg.recipients]
 
 
@@ -137,6 +137,27 @@ def test_clean_forward_is_byte_exact(tmp_path: Path, sink: Sink) -> None:
     assert (r.done, r.queued_as, r.mailbox) == (2, got.queue_id, f"smtp:[127.0.0.1]:{sink.port}")
     sink.wait_closed()
     assert sink.commands()[-1] == b"QUIT"
+
+
+#: A rewritten header section and where BODY's body starts (after its empty line).
+NEW_HEADER = b"X-New: 1\r\nSubject: rewritten\r\n\r\n"
+BODY_OFFSET = BODY.index(b"\n\n") + 2
+
+
+def test_rewritten_header_then_body_from_offset(tmp_path: Path, sink: Sink) -> None:
+    """forward() sends ``header`` and the spool from ``body_offset`` (pipeline.md 20.2)."""
+    msg = make_msg(tmp_path, "bob")
+    run(msg, f"smtp:[127.0.0.1]:{sink.port}", prefix=NEW_HEADER, body_offset=BODY_OFFSET)
+    assert sink.messages[0].data == NEW_HEADER + wire(BODY[BODY_OFFSET:])
+
+
+def test_8bit_only_in_skipped_original_header_is_7bit(tmp_path: Path, sink: Sink) -> None:
+    """BODY= looks at what is sent: an 8-bit original header that was replaced does not count."""
+    body = b"Subject: Gr\xfc\xdfe\n\nplain body\n"
+    msg = make_msg(tmp_path, "bob", body=body)
+    run(msg, f"smtp:[127.0.0.1]:{sink.port}", prefix=b"Subject: x\r\n\r\n",
+        body_offset=body.index(b"\n\n") + 2)
+    assert sink.messages[0].mail.endswith(b"BODY=7BIT")
 
 
 def test_dsn_params_and_xforward_exactly_as_observed(tmp_path: Path, sink: Sink) -> None:
@@ -380,6 +401,17 @@ def test_bsmtp_file_content(tmp_path: Path) -> None:
     assert not Path(f"{path}.tmp").exists()
 
 
+def test_bsmtp_rewritten_header_and_body_offset(tmp_path: Path) -> None:
+    msg = make_msg(tmp_path, "bob")
+    run(msg, "bsmtp:out.bsmtp", QUARANTINEDIR=str(tmp_path), prefix=NEW_HEADER,
+        body_offset=BODY_OFFSET)
+    data = (tmp_path / "out.bsmtp").read_bytes()
+    assert data.split(b"DATA\n", 1)[1] == (
+        NEW_HEADER.replace(b"\r\n", b"\n")
+        + BODY[BODY_OFFSET:].replace(b"\n.a", b"\n..a").replace(b"\n..two", b"\n...two")
+        + b".\n")
+
+
 def _umask() -> int:
     old = os.umask(0)
     os.umask(old)
@@ -428,6 +460,15 @@ def test_pipe_argv_and_stdin(tmp_path: Path) -> None:
     assert got["argv"] == ["-f", "alice@example.org", "--", "bob@example.com",
                            "carol@example.com"]
     assert got["stdin"].encode("latin-1") == PREFIX.replace(b"\r\n", b"\n") + BODY
+
+
+def test_pipe_rewritten_header_and_body_offset(tmp_path: Path) -> None:
+    import json
+    msg = make_msg(tmp_path, "bob")
+    run(msg, _pipe(tmp_path, ""), prefix=NEW_HEADER, body_offset=BODY_OFFSET)
+    got = json.loads((tmp_path / "out.json").read_text())
+    assert got["stdin"].encode("latin-1") == (NEW_HEADER.replace(b"\r\n", b"\n")
+                                              + BODY[BODY_OFFSET:])
 
 
 @pytest.mark.parametrize(("code", "reply"), [

@@ -234,6 +234,21 @@ def test_pipelining_sends_mail_rcpts_and_data_in_one_write(tmp_path: Path) -> No
     assert s.tr.disconnecting
 
 
+def test_header_then_spool_from_body_offset(tmp_path: Path) -> None:
+    """The new header section replaces the original one: the spool is read from the offset."""
+    msg = _msg(tmp_path, body=b"Old: header\n\n.body\n")
+    clock = Clock()
+    proto = ForwardClient(msg, msg.recipients, b"New: header\r\n\r\n", ClientOptions(),
+                          lmtp=False, per_recipient_capable=False, eight_bit=False,
+                          mta_id=MTA, clock=clock, body_offset=len(b"Old: header\n\n"))
+    tr = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 10025))
+    proto.makeConnection(tr)
+    proto.dataReceived(b"220 hi\r\n" + EHLO_FULL + b"250 ok\r\n250 ok\r\n354 go\r\n")
+    while tr.producer is not None:
+        tr.producer.resumeProducing()
+    assert tr.value().split(b"DATA\r\n", 1)[1] == b"New: header\r\n\r\n..body\r\n.\r\nQUIT\r\n"
+
+
 def test_without_pipelining_one_command_at_a_time(tmp_path: Path) -> None:
     s = Session(_msg(tmp_path, _rcpts("bob", "rej")))
     s.server(b"220 hi\r\n")
