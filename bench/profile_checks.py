@@ -21,12 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from amavisd.checks.banned import DEBIAN_BANNED_FILENAME_RE  # noqa: E402
-from amavisd.config.model import Config  # noqa: E402
-from amavisd.content import check_content  # noqa: E402
-from amavisd.header import read_header_block  # noqa: E402
-from amavisd.message import Message, Recipient  # noqa: E402
-from bench.loadgen import make_message, parse_size  # noqa: E402
+from amavisd.checks.banned import DEBIAN_BANNED_FILENAME_RE
+from amavisd.config.model import Config
+from amavisd.content import check_content
+from amavisd.header import read_header_block
+from amavisd.message import Message, Recipient
+from bench.loadgen import make_message, parse_size
 
 
 def main(argv: list[str] | None = None) -> int:
