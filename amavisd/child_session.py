@@ -23,7 +23,9 @@ from amavisd import log as amavis_log
 from amavisd.config.banks import load_client_ip_banks
 from amavisd.config.model import BankView
 from amavisd.constants import ST_IDLE
-from amavisd.message import ClientInfo, Message
+from amavisd.message import ClientInfo, Message, Recipient
+from amavisd.protocols.smtp_server import SizePolicy
+from amavisd.sizelimit import oversized_destiny, recipient_size_limit
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +109,18 @@ class SmtpSession:
     def state(self, letter: str) -> None:
         self.child.stats.set_state(letter, self.log_id)
 
-    def recipient_size_policy(self, rcpt):
-        return None                          # @message_size_limit_maps: with the lookups issue
+    def recipient_size_policy(self, rcpt: Recipient) -> SizePolicy | None:
+        """The recipient's ``@message_size_limit_maps`` limit and oversized destiny.
+
+        Asked by the server at RCPT, with the banks of the transaction in force: a
+        declared SIZE over the limit gets 552/452/250 by the destiny, and the DATA
+        limit is the largest limit whose destiny is not D_PASS (protocols.md 3.6,
+        3.7).  None when the recipient has no limit.
+        """
+        limit = recipient_size_limit(self.settings, rcpt.address)
+        if limit is None:
+            return None
+        return SizePolicy(limit, oversized_destiny(self.settings, rcpt.address))
 
     def process(self, msg: Message) -> defer.Deferred:
         msg.rx_start = self.task_started

@@ -2,7 +2,8 @@
 
 Runs in the child, from the pipeline, before forwarding (spec/pipeline.md section
 2): decode MIME and archives into ``<tempdir>/parts``, check the header section,
-check banned names and types per recipient group, then ``decide`` each recipient.
+check banned names and types per recipient group, compare the size with each
+recipient's limit (section 13 step 2), then ``decide`` each recipient.
 Checks only record findings here; ``amavisd.decide`` turns them into destinies.
 Virus and spam scanning plug in beside the banned check (their own issue).
 """
@@ -20,8 +21,10 @@ from amavisd import decide as decider
 from amavisd.checks import badheader, banned
 from amavisd.config.lookup import Lookups, lookup
 from amavisd.errors import TempFail
+from amavisd.log import do_log
 from amavisd.message import Message
 from amavisd.parts import PartsTree
+from amavisd.sizelimit import recipient_size_limit
 from amavisd.unpack import decode_message
 from amavisd.unpack.context import DecodeLimits
 
@@ -70,6 +73,29 @@ def banned_rules(config: Any) -> dict[str, Any]:
     return rules
 
 
+def oversized_recipients(msg: Message, view: Any) -> dict[str, int]:
+    """Open recipients whose ``@message_size_limit_maps`` limit the message exceeds.
+
+    pipeline.md section 13 step 2 and 12.3: each such recipient gets CC_OVERSIZED;
+    the first one is logged (level 1) as ``OVERSIZED from <s> to <r>: size N B,
+    limit M B``.  Returns address -> limit (``ContentFindings.oversized``).
+    """
+    oversized: dict[str, int] = {}
+    if not getattr(view, "message_size_limit_maps", None):
+        return oversized
+    for rcpt in msg.recipients:
+        if rcpt.done:
+            continue
+        limit = recipient_size_limit(view, rcpt.address)
+        if limit is None or msg.size <= limit:
+            continue
+        if not oversized:
+            do_log(1, "OVERSIZED from <%s> to <%s>: size %s B, limit %s B",
+                   msg.sender_quoted, rcpt.quoted, msg.size, limit)
+        oversized[rcpt.address] = limit
+    return oversized
+
+
 def check_content(msg: Message, view: Any, config: Any, tempdir: str,
                   header_block: bytes, bulk: bool, stats: Any = None) -> ContentResult:
     """Decode, check and decide.  Our own faults (disk) raise TempFail; bad mail never does."""
@@ -105,7 +131,8 @@ def check_content(msg: Message, view: Any, config: Any, tempdir: str,
         undecipherable=tree.any_undecipherable,
         encrypted=tree.any_encrypted,
         over_limits=tree.over_levels,
-        ambiguous=tree.ambiguous)
+        ambiguous=tree.ambiguous,
+        oversized=oversized_recipients(msg, view))
     result = ContentResult(tree, faults, hits, verdicts)
     for rcpt in msg.recipients:
         if rcpt.done:

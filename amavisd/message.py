@@ -53,6 +53,9 @@ class Recipient:
     #: Content categories, ``"maj"`` or ``"maj,min"`` (pipeline.md 12.2), set by decide;
     #: empty means CLEAN only.  Header edits (actions/headers.py) read them.
     ccats: list[str] = field(default_factory=list)
+    #: The address forwarding uses in RCPT TO when it differs from ``address``
+    #: (an address extension, pipeline.md 20.9); logs keep ``address``.
+    final_address: str | None = None
 
 
 @dataclass

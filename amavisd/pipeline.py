@@ -22,6 +22,7 @@ from amavisd import decide as decider
 from amavisd import ids
 from amavisd import log as amavis_log
 from amavisd.actions import dsn, quarantine
+from amavisd.actions.addrext import apply_address_extensions
 from amavisd.actions.forward import forward
 from amavisd.actions.headers import hops_refusal, plan_edits, render_header, split_header
 from amavisd.config.lookup import Lookups
@@ -158,6 +159,7 @@ class Pipeline:
             split = split_header(msg.spool_path)
         except OSError as exc:
             raise TempFail("forwarding", str(exc)) from exc
+        apply_address_extensions(passed, view)      # pipeline.md 20.9
         refusal = hops_refusal(split.block, msg.log_id)
         calls = []
         deadline = time.time() + float(view.child_timeout)

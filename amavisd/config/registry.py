@@ -86,6 +86,11 @@ def _both_families() -> list[str]:
     return binds
 
 
+def _legacy_table(value: Any) -> list[Any]:
+    """A ``*_maps`` default that refers to a legacy scalar: empty while it is undef."""
+    return [] if value is None else [value]
+
+
 # ---------------------------------------------------------------- process model
 section("process")
 setting("max_servers", 2, t.integer(1), GLOBAL,
@@ -260,6 +265,18 @@ setting("allowed_added_header_fields", {
         t.mapping, BANK,
         "Header fields we may add (lower-case names, spec pipeline.md section 20).", sigil="%")
 setting("soft_bounce", 0, t.boolean, BANK, "Turn 5xx replies into 4xx.")
+setting("replace_existing_extension", 1, t.boolean, BANK,
+        "An address extension replaces the recipient's own extension (0: it is appended).")
+for _kind in ("virus", "spam", "banned", "bad_header"):
+    setting(f"addr_extension_{_kind}", None, t.string, GLOBAL,
+            f"Legacy: the default table of addr_extension_{_kind}_maps.")
+    setting(f"addr_extension_{_kind}_maps", None, t.sequence, BANK,
+            f"Address extension for local recipients of {_kind.replace('_', ' ')} mail "
+            f"(lookup tables; default: addr_extension_{_kind}; needs recipient_delimiter).",
+            sigil="@", derive=lambda v, k=_kind: _legacy_table(v[f"addr_extension_{k}"]))
+setting("addr_extension_maps_by_ccat", {}, t.mapping, BANK,
+        "Address extension tables by content category: overrides the addr_extension_*_maps.",
+        sigil="%")
 
 # ---------------------------------------------------------------- content checks
 section("content")

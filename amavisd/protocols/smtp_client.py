@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from amavisd.errors import Reply
+from amavisd.logline import quote_address
 from amavisd.message import ClientInfo, Message, Recipient
 
 log = logging.getLogger(__name__)
@@ -165,14 +166,24 @@ def notify_value(msg: Message, rcpt: Recipient, terminate_on_success: bool) -> s
     return ",".join(values) if values else "NEVER"
 
 
+def rcpt_path(rcpt: Recipient) -> str:
+    """The RCPT TO path: the client's form, or the quoted ``final_address`` (pipeline.md 20.9)."""
+    if rcpt.final_address is None:
+        return rcpt.quoted
+    return quote_address(rcpt.final_address)[1:-1]
+
+
 def rcpt_command(msg: Message, rcpt: Recipient, dsn_capable: bool, terminate_on_success: bool,
                  utf8: bool) -> str:
     """RCPT TO with ORCPT then NOTIFY (the order observed in spec section 10)."""
-    addr = rcpt.quoted if utf8 else _idn_to_ascii(rcpt.quoted)
+    path = rcpt_path(rcpt)
+    addr = path if utf8 else _idn_to_ascii(path)
     params = []
     if dsn_capable:
         if rcpt.orcpt and ";" in rcpt.orcpt:
             kind, _, orig = rcpt.orcpt.partition(";")
+            if not kind:     # synthesised at RCPT (spec 3.6): amavis's orcpt_encode default
+                kind = "rfc822" if orig.isascii() else "utf-8"
             params.append(f"ORCPT={kind};{xtext(orig)}")
         notify = notify_value(msg, rcpt, terminate_on_success)
         if notify:
@@ -686,7 +697,7 @@ class ForwardClient(LineOnlyReceiver):
                                                      "sender"))
                 return False
             for rcpt, res in zip(self.recipients, self.results, strict=True):
-                if not _idn_to_ascii(rcpt.quoted).isascii():
+                if not _idn_to_ascii(rcpt_path(rcpt)).isascii():
                     res.reply = Reply(553, "5.6.7", "Non-ASCII addresses not permitted for "
                                                     "recipient")
         return any(res.reply is None for res in self.results)
