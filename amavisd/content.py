@@ -96,6 +96,26 @@ def oversized_recipients(msg: Message, view: Any) -> dict[str, int]:
     return oversized
 
 
+def message_categories(result: ContentResult,
+                       findings: decider.ContentFindings) -> decider.Categories:
+    """The message's own category list (section 12.3): every recipient's, plus the
+    UNCHECKED and BAD-HEADER findings whatever the recipients bypass."""
+    cats = decider.Categories()
+    for recipient_cats in result.categories.values():
+        for ccat in recipient_cats:
+            cats.add(ccat)
+    if findings.undecipherable or findings.encrypted or findings.over_limits \
+            or findings.ambiguous:
+        cats.add("7")
+    for flag, ccat in ((findings.encrypted, "7,1"), (findings.over_limits, "7,2"),
+                       (findings.ambiguous, "7,3")):
+        if flag:
+            cats.add(ccat)
+    for minor in findings.badh_minors:
+        cats.add(f"4,{minor}" if minor else "4")
+    return cats
+
+
 def check_content(msg: Message, view: Any, config: Any, tempdir: str,
                   header_block: bytes, bulk: bool, stats: Any = None) -> ContentResult:
     """Decode, check and decide.  Our own faults (disk) raise TempFail; bad mail never does."""
@@ -162,6 +182,7 @@ def check_content(msg: Message, view: Any, config: Any, tempdir: str,
             rcpt.dsn_suppress_reason = banned_verdict.dsn_suppress_reason
         if decider.ccat_key(cats.main) > decider.ccat_key(result.main_ccat):
             result.main_ccat = cats.main
+    result.main_ccat = message_categories(result, findings).main
     msg.findings["content"] = result
     msg.findings["ccat_main"] = result.main_ccat
     # the keys the header, quarantine and DSN actions read

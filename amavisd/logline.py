@@ -44,7 +44,7 @@ def status_word(rcpt: Recipient) -> str:
     if rcpt.destiny == D_DISCARD:
         return "Discarded"
     if rcpt.destiny == D_BOUNCE:
-        return "Bounced"
+        return "NoBounce" if getattr(rcpt, "dsn_suppressed", False) else "Bounced"
     if rcpt.destiny in (D_REJECT,) or (rcpt.reply is not None and rcpt.reply.is_permfail):
         return "Rejected"
     if rcpt.destiny == D_TEMPFAIL:
@@ -147,6 +147,7 @@ def _category(msg: Message, group: list[Recipient], word: str) -> str:
         mains = [content.categories[r.address][0] for r in group
                  if r.address in content.categories]
         if mains:
+            mains.append(msg.findings.get("ccat_main", "1"))
             return max(mains, key=lambda c: tuple(int(x) for x in c.split(",")))
     return msg.findings.get("ccat_main", "1")
 

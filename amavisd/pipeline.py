@@ -121,10 +121,15 @@ class Pipeline:
             if rcpt.done == 2:
                 decider.apply_mta_failure(rcpt, msg.log_id)
         timing.mark("forwarding")
-        if dsn.plan(msg, view, per_recipient_capable=msg.lmtp).needed:
+        dsn_plan = dsn.plan(msg, view, per_recipient_capable=msg.lmtp)
+        if dsn_plan.needed:
             yield dsn.send(msg, view, self.reactor, per_recipient_capable=msg.lmtp,
                            deadline=deadline, forwarded_any=forwarded)
             timing.mark("DSN")
+        elif dsn_plan.suppressed:                 # protocols.md 3.8: bounce.suppressed
+            msg.findings["dsn_sent"] = 2
+            for rcpt, _why in dsn_plan.suppressed:
+                rcpt.dsn_suppressed = True
         self._count(msg, view, timing)
         self.stats.set_state(ST_CHECK_DONE)
         origin_ip = oldest_public_ip(facts.received)

@@ -45,10 +45,16 @@ class DecodeLimits:
     max_mime_depth: int = 100                    # multipart nesting kept by the MIME walk
 
     def quota(self, mail_size: int) -> int:
-        """max(MIN_Q, size*MIN_F, min(MAX_Q, size*MAX_F)) (NewFilename.pm)."""
-        n = lambda v: v or 0  # noqa: E731
-        return max(n(self.min_expansion_quota), mail_size * n(self.min_expansion_factor),
-                   min(n(self.max_expansion_quota), mail_size * n(self.max_expansion_factor)))
+        """max(MIN_Q, size*MIN_F, min(MAX_Q, size*MAX_F)) (NewFilename.pm).
+
+        Amavis::Util::min/max skip undefined values, so an unset quota drops out of
+        the formula (it does not count as 0); an unset factor does count as 0.
+        """
+        low = [v for v in (self.min_expansion_quota,
+                           mail_size * (self.min_expansion_factor or 0)) if v is not None]
+        high = [v for v in (self.max_expansion_quota,
+                            mail_size * (self.max_expansion_factor or 0)) if v is not None]
+        return max([*low, min(high)] if high else low or [0])
 
 
 class DecodeError(Exception):
