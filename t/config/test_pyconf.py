@@ -100,3 +100,12 @@ def test_bad_ip_list_entry_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError) as err:
         load(tmp_path, "myhostname = 'mx.example.com'\ninet_acl = ['127.0.0.1', '10.1.2']\n")
     assert "amavisd.conf:2: inet_acl: bad IP network '10.1.2'" in str(err.value)
+
+
+def test_config_owned_by_the_daemon_user_is_refused(tmp_path):
+    """protocols.md 1.6 step 4: a config file must be owned by root (we run as root)."""
+    path = write(tmp_path, "myhostname = 'mx.example.com'\n")
+    os.chown(path, 65534, 65534)
+    with pytest.raises(ConfigError) as err:
+        load_config(parse_args(["-c", path]))
+    assert f'Config file "{path}" should be owned by root (uid 0)' in str(err.value)
