@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from amavisd import decide as decider
-from amavisd.checks import badheader, banned
+from amavisd.checks import badheader, banned, spam, virus
 from amavisd.config.lookup import Lookups, lookup
 from amavisd.errors import TempFail
 from amavisd.log import do_log
 from amavisd.message import Message
+from amavisd.mime.walk import PARTS_DIR_MODE
 from amavisd.parts import PartsTree
 from amavisd.sizelimit import recipient_size_limit
 from amavisd.unpack import decode_message
@@ -61,7 +62,8 @@ def fresh_parts_dir(tempdir: str) -> Path:
         raise TempFail("mkdir parts", f"{parts} is a symbolic link")
     if parts.exists():
         shutil.rmtree(parts)
-    os.mkdir(parts, 0o700)
+    os.mkdir(parts, PARTS_DIR_MODE)
+    os.chmod(parts, PARTS_DIR_MODE)               # whatever the umask (clamd reads it)
     return parts
 
 
@@ -105,7 +107,7 @@ def message_categories(result: ContentResult,
         for ccat in recipient_cats:
             cats.add(ccat)
     if findings.undecipherable or findings.encrypted or findings.over_limits \
-            or findings.ambiguous:
+            or findings.ambiguous or findings.virus_check_failed:
         cats.add("7")
     for flag, ccat in ((findings.encrypted, "7,1"), (findings.over_limits, "7,2"),
                        (findings.ambiguous, "7,3")):
@@ -116,9 +118,70 @@ def message_categories(result: ContentResult,
     return cats
 
 
+def add_spam_findings(msg: Message, view: Any, findings: decider.ContentFindings,
+                      spam_result: spam.SpamResult | None, bulk: bool) -> None:
+    """Lay the spam check's result on ``findings`` and the recipients (section 2 step 19).
+
+    amavis skips the spam scan when a preliminary decision shows that no
+    recipient would get the mail anyway (virus, banned); a check that ran
+    concurrently with the virus check is therefore dropped here in that case, so
+    the log says ``Hits: -`` as amavis's does.  Levels still count for tagging.
+    """
+    if spam_result is None:
+        spam.apply(msg, None)
+        return
+    if spam_result.performed and not _any_recipient_passes(msg, view, findings, bulk):
+        spam_result.performed = False
+        spam_result.skipped = "message will be blocked anyway"
+        for entry in spam_result.recipients.values():
+            entry.level, entry.tests = None, []
+    findings.spam = spam_result.recipients
+    spam.apply(msg, spam_result)
+
+
+def _any_recipient_passes(msg: Message, view: Any, findings: decider.ContentFindings,
+                          bulk: bool) -> bool:
+    lookups = Lookups(view)
+    for rcpt in msg.recipients:
+        if rcpt.done:
+            continue
+        cats = decider.categorize(findings, rcpt, lambda kind, a=rcpt.address: bool(
+            lookups.per_recipient(f"bypass_{kind}_checks_maps", a)))
+        verdict = decider.decide_recipient(
+            rcpt, cats, view=view,
+            is_lover=lambda c, a=rcpt.address: bool(
+                (s := decider.LOVERS_BY_CCAT.get(c.split(",")[0]))
+                and lookups.per_recipient(s, a)),
+            destiny_for=lambda v, a=rcpt.address: lookup(False, a, v)
+            if isinstance(v, (list, tuple)) else v,
+            sender=msg.sender, bulk=bulk, log_id=msg.log_id, macros={})
+        if verdict.blocking_ccat is None:
+            return True
+    return False
+
+
+def virus_check(msg: Message, view: Any, tree: PartsTree, parts_dir: Path,
+                bypass: Any, stats: Any = None) -> virus.VirusResult | None:
+    """Section 2 step 15: scan unless no scanner is configured or every recipient bypasses.
+
+    Returns None when no scan was due.  A failure of every scanner comes back as
+    a result with ``failed`` (CC_UNCHECKED), or raises TempFail when
+    ``virus_scanners_failure_is_fatal`` (amavisd.checks.virus.run).
+    """
+    if not virus.configured(view):
+        return None
+    if all(bypass(r.address, "virus") for r in msg.recipients if not r.done):
+        return None
+    return virus.run(msg, tree, parts_dir, view, stats)
+
+
 def check_content(msg: Message, view: Any, config: Any, tempdir: str,
-                  header_block: bytes, bulk: bool, stats: Any = None) -> ContentResult:
-    """Decode, check and decide.  Our own faults (disk) raise TempFail; bad mail never does."""
+                  header_block: bytes, bulk: bool, stats: Any = None,
+                  spam_result: spam.SpamResult | None = None) -> ContentResult:
+    """Decode, check and decide.  Our own faults (disk) raise TempFail; bad mail never does.
+
+    ``spam_result`` is what ``amavisd.checks.spam.check`` found (None: no spam check).
+    """
     try:
         parts_dir = fresh_parts_dir(tempdir)
         tree = decode_message(msg, parts_dir, decode_limits(config))
@@ -144,6 +207,7 @@ def check_content(msg: Message, view: Any, config: Any, tempdir: str,
             lookups.per_recipient("banned_filename_maps", rcpt.address, get_all=True)
     hits = banned.run(tree, rules, config.banned_namepath_re, banned_rules=banned_rules(config))
     verdicts = banned.per_recipient(hits)
+    virus_result = virus_check(msg, view, tree, parts_dir, bypass, stats)
     findings = decider.ContentFindings(
         banned_recipients={addr: v.banning_reason_short or "" for addr, v in verdicts.items()
                            if v.banning_rule_rhs and any(v.banning_rule_rhs)},
@@ -152,7 +216,10 @@ def check_content(msg: Message, view: Any, config: Any, tempdir: str,
         encrypted=tree.any_encrypted,
         over_limits=tree.over_levels,
         ambiguous=tree.ambiguous,
-        oversized=oversized_recipients(msg, view))
+        oversized=oversized_recipients(msg, view),
+        virus_names=list(virus_result.virus_names) if virus_result else [],
+        virus_check_failed=bool(virus_result and virus_result.failed))
+    add_spam_findings(msg, view, findings, spam_result, bulk)
     result = ContentResult(tree, faults, hits, verdicts)
     for rcpt in msg.recipients:
         if rcpt.done:

@@ -120,6 +120,10 @@ class ContentFindings:
     ambiguous: bool = False
     oversized: dict[str, int] = field(default_factory=dict)           # address -> limit
     virus_names: list[str] = field(default_factory=list)
+    #: every virus scanner failed (pipeline.md 2 step 15): CC_UNCHECKED,0
+    virus_check_failed: bool = False
+    #: address -> ``amavisd.checks.spam.RecipientSpam`` (level, tag levels, w/b listing).
+    spam: dict[str, Any] = field(default_factory=dict)
 
 
 def categorize(findings: ContentFindings, rcpt: Recipient,
@@ -132,7 +136,8 @@ def categorize(findings: ContentFindings, rcpt: Recipient,
     if not bypass("virus"):
         if findings.virus_names:
             cats.add(str(CC_VIRUS))
-        if findings.undecipherable or findings.encrypted or findings.over_limits:
+        if findings.undecipherable or findings.encrypted or findings.over_limits \
+                or findings.virus_check_failed:
             cats.add(str(CC_UNCHECKED))
         if findings.encrypted:
             cats.add(f"{CC_UNCHECKED},1")
@@ -147,7 +152,40 @@ def categorize(findings: ContentFindings, rcpt: Recipient,
         cats.add(str(CC_BANNED))
     if rcpt.address in findings.oversized:
         cats.add(str(CC_OVERSIZED))
+    spam = findings.spam.get(rcpt.address)
+    if spam is not None and not bypass("spam"):
+        for ccat in spam_categories(spam):
+            cats.add(ccat)
     return cats
+
+
+def spam_categories(spam: Any) -> list[str]:
+    """CC_CLEAN,1 / CC_SPAMMY / CC_SPAMMY,1 / CC_SPAM from one recipient's level
+    (section 12.3, section 13 step 1).
+
+    A whitelisted sender is tagged at ``level - 10 >= tag`` and never reaches
+    tag2/tag3/kill; a blacklisted one reaches tag, tag2 and kill whatever the
+    level.  An undefined (or empty) tag level tags everyone; a level no spam check
+    set counts as 0, as in Perl.
+    """
+    level = spam.level or 0.0
+    bl, wl = spam.blacklisted, spam.whitelisted
+    tag = spam.tag_level
+    out = []
+    if bl or tag is None or tag == "" or level + (-10 if wl else 0) >= float(tag):
+        out.append(f"{CC_CLEAN},1")
+
+    def reached(threshold: Any) -> bool:
+        return not wl and (bl or (threshold is not None and level >= float(threshold)))
+
+    tag3 = reached(spam.tag3_level)
+    if reached(spam.tag2_level) or tag3:
+        out.append(str(CC_SPAMMY))
+    if tag3:
+        out.append(f"{CC_SPAMMY},1")
+    if reached(spam.kill_level):
+        out.append(str(CC_SPAM))
+    return out
 
 
 def final_destiny_map(view: Any) -> dict[str, Any]:

@@ -40,7 +40,7 @@ def status_word(rcpt: Recipient) -> str:
     if rcpt.reply is not None and rcpt.reply.is_tempfail:
         return "TempFailed"
     if rcpt.destiny == D_PASS and rcpt.reply is not None and rcpt.reply.is_ok:
-        return "Relayed"
+        return "RelayedTagged" if rcpt.tagged else "Relayed"
     if rcpt.destiny == D_DISCARD:
         return "Discarded"
     if rcpt.destiny == D_BOUNCE:

@@ -56,6 +56,15 @@ class Recipient:
     #: The address forwarding uses in RCPT TO when it differs from ``address``
     #: (an address extension, pipeline.md 20.9); logs keep ``address``.
     final_address: str | None = None
+    #: Spam facts (pipeline.md 10, 12.3), set by ``amavisd.checks.spam.apply``; read by
+    #: header edits, quarantine and DSN.  ``spam_level`` None: no spam check touched it.
+    spam_level: float | None = None
+    spam_tests: list[str] = field(default_factory=list)
+    blacklisted: bool = False
+    whitelisted: bool = False
+    bypass_spam_checks: bool = False
+    #: amavis's ``recip_tagged``: forwarded with an alert, a subject tag or as spammy.
+    tagged: bool = False
 
 
 @dataclass

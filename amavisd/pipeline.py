@@ -25,6 +25,7 @@ from amavisd.actions import dsn, quarantine
 from amavisd.actions.addrext import apply_address_extensions
 from amavisd.actions.forward import forward
 from amavisd.actions.headers import hops_refusal, plan_edits, render_header, split_header
+from amavisd.checks import spam
 from amavisd.config.lookup import Lookups
 from amavisd.constants import (
     CCAT_DISPLAY_NAMES_MAJOR,
@@ -35,6 +36,7 @@ from amavisd.constants import (
     ST_FORWARDING,
     ST_MAIL_ID,
     ST_QUARANTINE,
+    ST_SPAM,
 )
 from amavisd.content import check_content
 from amavisd.errors import Reply, TempFail
@@ -103,7 +105,15 @@ class Pipeline:
         timing.mark("collect_info")
         self.stats.set_state(ST_DECODING)
         bulk = bool(_BULK.search(block))
-        check_content(msg, view, self.config, self.tempdir, block, bulk, self.stats)
+        self.stats.set_state(ST_SPAM)
+        spam_result = yield spam.check(msg, view, self.config, reactor=self.reactor,
+                                       header_block=block)
+        if spam_result.performed:
+            self.stats.add("OpsSpamCheck")
+        timing.mark("spam_scan")
+        self.stats.set_state(ST_DECODING)
+        check_content(msg, view, self.config, self.tempdir, block, bulk, self.stats,
+                      spam_result=spam_result)
         timing.mark("content_checks")
         self.stats.set_state(ST_QUARANTINE)
         deadline = time.time() + float(view.child_timeout)
@@ -174,6 +184,8 @@ class Pipeline:
                 for rcpt in cluster.recipients:
                     rcpt.reply, rcpt.done = refusal, 2
                 continue
+            for rcpt in cluster.recipients:
+                rcpt.tagged = cluster.tagged      # amavis's recip_tagged: RelayedTagged
             header = render_header(split.block, cluster.edit, complete=split.complete)
             groups: OrderedDict[str, list] = OrderedDict()
             methods: dict[str, object] = {}

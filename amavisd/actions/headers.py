@@ -20,8 +20,8 @@ What is covered: X-Amavis-Hold (and removal of existing ones), X-Quarantine-ID,
 ``$X_HEADER_TAG: $X_HEADER_LINE``, X-Amavis-Alert (virus, banned, bad header),
 subject tags for VIRUS/UNCHECKED (and whatever ``%subject_tag_maps_by_ccat`` maps),
 Authentication-Results removal, Received, the ``%allowed_added_header_fields``
-gate, sanitation when re-sending, and the > 100 Received refusal.  Spam fields are
-``spam_edits``: an extension point that adds nothing until a spam scanner exists.
+gate, sanitation when re-sending, and the > 100 Received refusal.  Spam fields
+(X-Spam-*, 20.3 item 7) come from ``spam_edits``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,15 @@ from typing import Any
 
 from amavisd.checks.banned import per_recipient as banned_per_recipient
 from amavisd.config.lookup import lookup
-from amavisd.constants import CC_BADH, CC_BANNED, CC_CATCHALL, CC_UNCHECKED, CC_VIRUS
+from amavisd.constants import (
+    CC_BADH,
+    CC_BANNED,
+    CC_CATCHALL,
+    CC_CLEAN,
+    CC_SPAMMY,
+    CC_UNCHECKED,
+    CC_VIRUS,
+)
 from amavisd.errors import Reply
 from amavisd.header import HEADER_LIMIT, read_header_block
 from amavisd.log import do_log
@@ -70,7 +78,7 @@ AMAVIS_ALLOWED_ADDED_HEADER_FIELDS: dict[str, bool] = {
 #: Keys of ``msg.findings`` this module reads (written by checks, quarantine, decode).
 FINDING_HOLD = "hold"                       # str: why the message is held (decode bomb...)
 FINDING_QUARANTINED_TO = "quarantined_to"   # list of quarantine locations, if quarantined
-FINDING_VIRUSNAMES = "virusnames"           # list[str]
+FINDING_VIRUSNAMES = "virus_names"          # list[str] (checks/virus.py)
 FINDING_BAD_HEADERS = "bad_headers"         # list[HeaderFault] (or texts), amavis order
 FINDING_BANNED = "banned"                   # list[BannedHit]
 FINDING_SUBJPREFIX = "SUBJPREFIX"           # SpamAssassin's subject prefix, if any
@@ -245,10 +253,11 @@ class Cluster:
 
 @dataclass(frozen=True)
 class SpamEdits:
-    """What the spam issue will contribute per recipient (20.3 items 2, 7, 8; 20.1).
+    """What the spam check contributes per recipient (20.3 item 7; 20.1 removals).
 
-    Until a spam scanner exists every field is empty: no X-Spam-* fields, no
-    removals, nothing in the cluster key, no score for subject placeholders.
+    Empty (no fields, no removals) when amavis would have no spam code loaded
+    (``@bypass_spam_checks_maps = (1)`` or no ``@spam_scanners``), for non-local
+    recipients and below the tag level.
     """
 
     fields: tuple[AddedField, ...] = ()
@@ -259,16 +268,108 @@ class SpamEdits:
     do_tag2: bool = False
 
 
+#: Existing fields removed for recipients of ``@remove_existing_spam_headers_maps``
+#: when the spam code is loaded (pipeline.md 20.1).
+SPAM_FIELDS = ("X-Spam-Status", "X-Spam-Level", "X-Spam-Flag", "X-Spam-Score",
+               "X-Spam-Report", "X-Spam-Checker-Version", "X-Spam-Tests")
+#: ``%prefer_our_added_header_fields`` that concern us (amavis's default: all true).
+_PREFERRED = frozenset(n.lower() for n in SPAM_FIELDS)
+
+
+def _level_text(value: Any) -> str:
+    """A tag level as Perl prints the number (2.0 -> 2, 6.31 -> 6.31)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return str(int(number)) if number == int(number) else format(number, ".15g")
+
+
 def spam_edits(msg: Message, rcpt: Recipient, settings: HeaderSettings,
                is_local: bool) -> SpamEdits:
-    """Extension point for the spam issue: X-Spam-Flag/Score/Level/Status/Report,
-    scanner-provided fields, removal of existing X-Spam-* fields (pipeline.md 20.1,
-    20.3 items 2, 7, 8) and the score behind ``_SCORE_``/``_REQD_``/``_YESNO_``.
+    """X-Spam-Flag/-Score/-Level/-Status/-Report for one recipient (pipeline.md 20.3
+    item 7), the removal of existing X-Spam-* fields (20.1), and the score behind the
+    subject tag's ``_SCORE_``/``_REQD_``/``_YESNO_`` (20.8).
 
-    Returns an empty ``SpamEdits`` today: nothing scans for spam yet, so, exactly as
-    amavis without spam code loaded, no recipient gets spam fields.
+    Fields only for local recipients in CC_CLEAN,1 (at or above their tag level,
+    ``do_tag``); Yes/YES from CC_SPAMMY (``do_tag2``).  The values come from the
+    recipient (``amavisd.checks.spam.apply``) and its tag levels.
     """
-    return SpamEdits()
+    from amavisd.checks.spam import perl_num, spam_code_loaded
+
+    view = settings.view
+    if view is None or not spam_code_loaded(view):
+        return SpamEdits()
+    lookups = _lookups(settings)
+    address = rcpt.address
+    bypassed = bool(lookups("bypass_spam_checks_maps", address))
+    ccats = categories(rcpt)
+    do_tag = f"{CC_CLEAN},1" in ccats
+    do_tag2 = str(CC_SPAMMY) in ccats
+    level = rcpt.spam_level
+    bl, wl = rcpt.blacklisted, rcpt.whitelisted
+    tag_level = tag2_level = None
+    if not bypassed:
+        tag_level = lookups("spam_tag_level_maps", address)
+        tag2_level = lookups("spam_tag2_level_maps", address)
+    remove = _perl_true(lookups("remove_existing_spam_headers_maps", address))
+    delete = frozenset(n.lower() for n in SPAM_FIELDS) if remove else frozenset()
+    fields: list[AddedField] = []
+    bar = status = None
+    if is_local and (do_tag or do_tag2):
+        char = getattr(view, "sa_spam_level_char", "*")
+        if char:
+            length = 0 if wl or bypassed else 64 if bl else 0 if level is None \
+                else min(64.0, level)
+            bar = "" if length < 1 else str(char) * int(length)
+        tests = ",".join(t for t in rcpt.spam_tests if t).replace(",", ",\n ")
+        status = "{},\n score={}\n {}{}{}tests=[{}]\n autolearn={}".format(
+            "Yes" if do_tag2 else "No",
+            "x" if level is None else perl_num(level),
+            "" if tag_level is None or tag_level == "" else
+            f"tagged_above={_level_text(tag_level)}\n ",
+            "" if tag2_level is None else f"required={_level_text(tag2_level)}\n ",
+            ("BLACKLISTED\n " if bl else "") + ("WHITELISTED\n " if wl else ""),
+            tests, msg.findings.get("autolearn") or "unavailable")
+        preferred = getattr(view, "prefer_our_added_header_fields", None)
+        preferred = _PREFERRED if preferred is None else \
+            {str(k).lower() for k, v in dict(preferred).items() if _perl_true(v)}
+
+        def put(name: str, body: str, structured: int = 0) -> None:
+            if settings.allowed(name) and name.lower() in preferred:
+                fields.append(AddedField(name, hdr(name, body, structured,
+                                                   smtputf8=msg.smtputf8,
+                                                   encoding=settings.hdr_encoding,
+                                                   qb=settings.hdr_encoding_qb)))
+
+        if do_tag:
+            put("X-Spam-Flag", "YES" if do_tag2 else "NO")
+            score = float(level or 0.0)
+            score = max(64.0, score) if bl else score
+            score = min(0.0, score) if wl else score
+            put("X-Spam-Score", perl_num(score))
+            if bar is not None:
+                put("X-Spam-Level", bar)
+            put("X-Spam-Status", status, 1)
+        report = msg.findings.get("spam_report")
+        if do_tag2 and report:
+            put("X-Spam-Report", "\n" + _sanitize_report(str(report)), 2)
+    key = (bool(do_tag and is_local), bool(do_tag2 and is_local), remove, bar, status)
+    return SpamEdits(fields=tuple(fields), delete=delete, key=key, score=level,
+                     tag2_level=None if tag2_level in (None, "") else float(tag2_level),
+                     do_tag2=do_tag2)
+
+
+def _sanitize_report(report: str) -> str:
+    """Control characters other than TAB/LF shown as ``\\xHH`` (amavis's sanitize_str)."""
+    return re.sub(r"[\x00-\x08\x0b-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}",
+                  report.strip("\n"))
+
+
+def _lookups(settings: HeaderSettings) -> Callable[[str, str], Any]:
+    def ask(name: str, address: str) -> Any:
+        return settings.ask(getattr(settings.view, name, None), address)
+    return ask
 
 
 @dataclass(frozen=True)

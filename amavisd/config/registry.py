@@ -339,6 +339,98 @@ setting("remove_existing_x_scanned_headers", 0, t.boolean, BANK,
 setting("undecipherable_subject_tag", "***UNCHECKED*** ", t.string, BANK,
         "Subject prefix for local recipients of mail that could not be checked.")
 
+# ---------------------------------------------------------------- virus
+section("virus")
+setting("av_scanners", [], t.sequence, BANK,
+        "Primary virus scanners: [name, method, args, clean, infected, names] entries "
+        "(pipeline.md 9.2; see amavisd/checks/virus.py).", sigil="@")
+setting("av_scanners_backup", [], t.sequence, BANK,
+        "Virus scanners tried only when every primary scanner failed (pipeline.md 9.4).",
+        sigil="@")
+setting("first_infected_stops_scan", None, t.boolean, BANK,
+        "Stop calling further scanners (and sending further files to clamd) after a detection.")
+setting("virus_scanners_failure_is_fatal", 1, t.boolean, BANK,
+        "When every virus scanner failed: tempfail the message (451, our default) instead of "
+        "passing it as UNCHECKED (amavis's default, 0).")
+setting("av_scanner_timeout", 120, t.integer(1), GLOBAL,
+        "Seconds one virus scanner may take (ours; amavis bounds it by child_timeout).")
+setting("virus_name_to_spam_score_maps", [], t.sequence, BANK,
+        "Virus names that are really spam, mapped to a spam score (pipeline.md 9.5).",
+        sigil="@")
+
+# ---------------------------------------------------------------- spam
+section("spam")
+setting("spam_scanners", [["SpamAssassin", "Amavis::SpamControl::SpamAssassin"]],
+        t.sequence, GLOBAL,
+        "Spam scanners, each [name, module, options...]: SpamdClient, SpamAssassin (served "
+        "by spamd) or RspamdClient (docs/spam.md).", sigil="@")
+setting("spamd_address", ["127.0.0.1:783", "[::1]:783"], t.string_list, GLOBAL,
+        "Where spamd listens: host:port, [ipv6]:port or a Unix socket path, tried in order.",
+        sigil="@")
+setting("spamd_connect_timeout", 10, t.number, GLOBAL, "Seconds to connect to spamd.")
+setting("spamd_timeout", 60, t.number, GLOBAL,
+        "Seconds one spamd check may take in all (connect, send, reply).")
+setting("rspamd_timeout", 60, t.number, GLOBAL,
+        "Seconds one rspamd check may take unless its entry has a timeout option.")
+setting("sa_mail_body_size_limit", None, t.integer(0), BANK,
+        "Message body bytes sent to spamd; longer mail is truncated (undef: whole message).")
+for _lvl, _ccat in (("tag", "CC_CLEAN,1: X-Spam-* header fields"),
+                    ("tag2", "CC_SPAMMY: X-Spam-Flag YES and the spam subject tag"),
+                    ("tag3", "CC_SPAMMY,1"), ("kill", "CC_SPAM: final_spam_destiny")):
+    setting(f"sa_{_lvl}_level_deflt", None, t.number, BANK,
+            f"Default spam {_lvl} level ({_ccat}).")
+    setting(f"spam_{_lvl}_level_maps", None, t.sequence, BANK,
+            f"Per-recipient spam {_lvl} level (lookup tables; default sa_{_lvl}_level_deflt).",
+            sigil="@", derive=lambda v, k=_lvl: _legacy_table(v[f"sa_{k}_level_deflt"]))
+setting("sa_dsn_cutoff_level", None, t.number, BANK,
+        "Spam level at or above which no DSN is sent for blocked spam.")
+setting("sa_crediblefrom_dsn_cutoff_level", None, t.number, BANK,
+        "DSN cutoff level for mail whose sender looks credible.")
+setting("spam_dsn_cutoff_level_maps", None, t.sequence, BANK,
+        "Per-recipient DSN cutoff level (lookup tables; default sa_dsn_cutoff_level).",
+        sigil="@",
+        derive=lambda v: _legacy_table(v["sa_dsn_cutoff_level"]))
+setting("spam_dsn_cutoff_level_bysender_maps", None, t.sequence, BANK,
+        "Per-sender DSN cutoff level (lookup tables; default sa_dsn_cutoff_level).",
+        sigil="@",
+        derive=lambda v: _legacy_table(v["sa_dsn_cutoff_level"]))
+setting("sa_quarantine_cutoff_level", None, t.number, BANK,
+        "Spam level at or above which spam is not quarantined.")
+setting("spam_quarantine_cutoff_level_maps", None, t.sequence, BANK,
+        "Per-recipient quarantine cutoff level (default sa_quarantine_cutoff_level).",
+        sigil="@", derive=lambda v: _legacy_table(v["sa_quarantine_cutoff_level"]))
+setting("sa_spam_subject_tag1", None, t.string, BANK,
+        "Subject prefix at or above the tag level (CC_CLEAN,1), e.g. '***Possible Spam*** '.")
+setting("sa_spam_subject_tag", None, t.string, BANK,
+        "Subject prefix at or above the tag2 level (CC_SPAMMY), e.g. '***SPAM*** '.")
+setting("spam_subject_tag_maps", None, t.sequence, BANK,
+        "Per-recipient subject tag for CC_CLEAN,1 (default sa_spam_subject_tag1).", sigil="@",
+        derive=lambda v: _legacy_table(v["sa_spam_subject_tag1"]))
+setting("spam_subject_tag2_maps", None, t.sequence, BANK,
+        "Per-recipient subject tag for CC_SPAMMY (default sa_spam_subject_tag).", sigil="@",
+        derive=lambda v: _legacy_table(v["sa_spam_subject_tag"]))
+setting("spam_subject_tag3_maps", [], t.sequence, BANK,
+        "Per-recipient subject tag for CC_SPAMMY,1 (tag3 level).", sigil="@")
+setting("sa_spam_level_char", "*", t.string, BANK,
+        "Character repeated in X-Spam-Level (empty: no X-Spam-Level field).")
+setting("whitelist_sender_maps", [], t.sequence, BANK,
+        "Senders (envelope or From) never treated as spam: hard whitelist (lookup tables).",
+        sigil="@")
+setting("blacklist_sender_maps", [], t.sequence, BANK,
+        "Senders (envelope or From) always treated as spam: hard blacklist (lookup tables).",
+        sigil="@")
+setting("per_recip_whitelist_sender_lookup_tables", None, t.mapping, GLOBAL,
+        "Recipient -> sender whitelist table, asked before whitelist_sender_maps.",
+        sigil="%")
+setting("per_recip_blacklist_sender_lookup_tables", None, t.mapping, GLOBAL,
+        "Recipient -> sender blacklist table, asked before blacklist_sender_maps.",
+        sigil="%")
+setting("score_sender_maps", [], t.sequence, BANK,
+        "Soft white/blacklisting: recipient tables of sender -> score added to the spam level.",
+        sigil="@")
+setting("remove_existing_spam_headers_maps", [1], t.sequence, BANK,
+        "Recipients for whom X-Spam-* fields already in the message are removed.", sigil="@")
+
 # ---------------------------------------------------------------- quarantine
 section("quarantine")
 setting("quarantine_subdir_levels", None, t.integer(0, 1), GLOBAL,

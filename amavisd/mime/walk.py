@@ -58,8 +58,11 @@ MAX_LINE = 64 << 10             # longest line kept whole when reading headers
 MAX_BOUNDARY_LINE = 1024        # a longer line is never a boundary (RFC 2046: <= 70)
 MAX_MIME_DEPTH = 100            # multipart nesting kept; deeper is a hold
 MAX_ERRORS = 50                 # MIME errors kept (amavis logs at most 250 chars)
-PART_FILE_MODE = 0o600
-PARTS_DIR_MODE = 0o700
+#: Parts are readable by the daemon's group, so a virus scanner daemon that opens
+#: them itself (clamd CONTSCAN) can read them when its user is in that group (Debian:
+#: ``adduser clamav amavis``); see docs/virus-scanning.md.  Set whatever the umask.
+PART_FILE_MODE = 0o640
+PARTS_DIR_MODE = 0o750
 
 _HEADER_PARSER = BytesHeaderParser(policy=_policy.compat32)
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | \
@@ -76,7 +79,7 @@ _UU_ENCODINGS = {"x-uu", "x-uuencode", "uuencode", "x-uue"}
 
 
 def ensure_parts_dir(parts_dir: Path) -> None:
-    """Create ``parts/`` private to us (0700); refuse a symlink in its place."""
+    """Create ``parts/`` (0750: us and our group); refuse a symlink in its place."""
     try:
         os.mkdir(parts_dir, PARTS_DIR_MODE)
     except FileExistsError:
@@ -89,8 +92,14 @@ def ensure_parts_dir(parts_dir: Path) -> None:
 
 
 def create_part_file(path: Path) -> int:
-    """Open a new part file for writing: O_EXCL|O_NOFOLLOW, mode 0600."""
-    return os.open(path, _OPEN_FLAGS, PART_FILE_MODE)
+    """Open a new part file for writing: O_EXCL|O_NOFOLLOW, mode 0640 whatever the umask."""
+    fd = os.open(path, _OPEN_FLAGS, PART_FILE_MODE)
+    try:
+        os.fchmod(fd, PART_FILE_MODE)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 # --------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from amavisd.mime.walk import PART_FILE_MODE
 from amavisd.parts import (
     ATTR_DIRECTORY,
     ATTR_ENCRYPTED,
@@ -370,7 +371,8 @@ def run_program(argv: list[str], ctx: DecodeContext, *, cwd: Path,
     try:
         if stdout_path is not None:
             stdout_fd = os.open(stdout_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL |
-                                os.O_NOFOLLOW, 0o600)
+                                os.O_NOFOLLOW, PART_FILE_MODE)
+            os.fchmod(stdout_fd, PART_FILE_MODE)
         timeout = ctx.time_left()
         try:
             return subprocess.run(argv, stdin=stdin,
@@ -422,7 +424,7 @@ def _flatten(folder: Path, part: Part, ctx: DecodeContext, who: str) -> int:
                     ctx.charge(st.st_size, who)
                     child.path = ctx.parts_dir / child.base_name
                     child.size = st.st_size
-                    os.chmod(path, 0o600)
+                    os.chmod(path, PART_FILE_MODE)
                     os.rename(path, child.path)
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -163,7 +163,7 @@ def test_debian_config_values():
     assert config.origin("inet_socket_port").startswith("/etc/amavis/conf.d/20-debian_defaults:")
     accepted = config.accepted_not_implemented
     assert "policy_bank[AM.PDP-SOCK][auth_required_release]" in accepted
-    assert {"av_scanners", "notify_sender_templ"} <= set(accepted)
+    assert "notify_sender_templ" in accepted and "av_scanners" not in accepted
     assert config.final_virus_destiny == D_DISCARD        # Debian's 20-debian_defaults
     assert config.origin("final_virus_destiny").startswith("/etc/amavis/conf.d/20-debian")
     assert config.files[0] == "/usr/share/amavis/conf.d/10-debian_scripts"

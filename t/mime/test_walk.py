@@ -104,12 +104,17 @@ def test_nested_multiparts_tree_and_numbering(tmp_path):
     assert all(p.depth == 1 for p in tree.walk())
 
 
-def test_files_private(tmp_path):
-    """parts/ is 0700, every part file 0600 (the brief: temp files private)."""
-    tree, parts = split(tmp_path, NESTED)
-    assert stat.S_IMODE(os.stat(parts).st_mode) == 0o700
+def test_files_private_to_daemon_and_group(tmp_path):
+    """parts/ is 0750, every part file 0640: no access for others, read access for the
+    daemon's group, so clamd (its user in that group) can CONTSCAN the folder."""
+    old = os.umask(0o077)
+    try:
+        tree, parts = split(tmp_path, NESTED)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(parts).st_mode) == 0o750
     for f in parts.iterdir():
-        assert stat.S_IMODE(f.stat().st_mode) == 0o600
+        assert stat.S_IMODE(f.stat().st_mode) == 0o640
     assert sorted(f.name for f in parts.iterdir()) == ["p001", "p002", "p003", "p004"]
 
 
