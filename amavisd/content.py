@@ -175,12 +175,25 @@ def virus_check(msg: Message, view: Any, tree: PartsTree, parts_dir: Path,
     return virus.run(msg, tree, parts_dir, view, stats)
 
 
-def check_content(msg: Message, view: Any, config: Any, tempdir: str,
-                  header_block: bytes, bulk: bool, stats: Any = None,
-                  spam_result: spam.SpamResult | None = None) -> ContentResult:
-    """Decode, check and decide.  Our own faults (disk) raise TempFail; bad mail never does.
+@dataclass
+class Examined:
+    """What decoding and the checks that need the parts found (before the spam verdict)."""
 
-    ``spam_result`` is what ``amavisd.checks.spam.check`` found (None: no spam check).
+    tree: PartsTree
+    faults: list[badheader.HeaderFault]
+    hits: list[banned.BannedHit]
+    verdicts: dict[str, banned.BannedVerdict]
+    virus_result: virus.VirusResult | None
+    lookups: Lookups
+
+
+def examine(msg: Message, view: Any, config: Any, tempdir: str, header_block: bytes,
+            stats: Any = None) -> Examined:
+    """Decode, check the header, banned names and viruses (section 2 steps 10-15).
+
+    Runs on the reactor thread; the spam check, which needs only the spool file,
+    may run meanwhile in a worker thread (amavisd.checks.spam.check with a reactor).
+    Our own faults (disk, all virus scanners down) raise TempFail; bad mail never does.
     """
     try:
         parts_dir = fresh_parts_dir(tempdir)
@@ -208,6 +221,22 @@ def check_content(msg: Message, view: Any, config: Any, tempdir: str,
     hits = banned.run(tree, rules, config.banned_namepath_re, banned_rules=banned_rules(config))
     verdicts = banned.per_recipient(hits)
     virus_result = virus_check(msg, view, tree, parts_dir, bypass, stats)
+    return Examined(tree, faults, hits, verdicts, virus_result, lookups)
+
+
+def conclude(msg: Message, view: Any, examined: Examined, bulk: bool,
+             spam_result: spam.SpamResult | None = None) -> ContentResult:
+    """Categories and the per-recipient decision (sections 12, 13), from all findings.
+
+    ``spam_result`` is what ``amavisd.checks.spam.check`` found (None: no spam check).
+    """
+    tree, faults, hits, verdicts = examined.tree, examined.faults, examined.hits, \
+        examined.verdicts
+    virus_result, lookups = examined.virus_result, examined.lookups
+
+    def bypass(address: str, kind: str) -> bool:
+        return bool(lookups.per_recipient(f"bypass_{kind}_checks_maps", address))
+
     findings = decider.ContentFindings(
         banned_recipients={addr: v.banning_reason_short or "" for addr, v in verdicts.items()
                            if v.banning_rule_rhs and any(v.banning_rule_rhs)},
@@ -259,3 +288,11 @@ def check_content(msg: Message, view: Any, config: Any, tempdir: str,
     msg.findings["ccats"] = sorted({c for cats in result.categories.values() for c in cats},
                                    key=decider.ccat_key, reverse=True)
     return result
+
+
+def check_content(msg: Message, view: Any, config: Any, tempdir: str,
+                  header_block: bytes, bulk: bool, stats: Any = None,
+                  spam_result: spam.SpamResult | None = None) -> ContentResult:
+    """``examine`` then ``conclude`` in one call (no spam check running meanwhile)."""
+    examined = examine(msg, view, config, tempdir, header_block, stats)
+    return conclude(msg, view, examined, bulk, spam_result)

@@ -38,7 +38,7 @@ from amavisd.constants import (
     ST_QUARANTINE,
     ST_SPAM,
 )
-from amavisd.content import check_content
+from amavisd.content import conclude, examine
 from amavisd.errors import Reply, TempFail
 from amavisd.header import header_facts, oldest_public_ip, read_header_block
 from amavisd.logline import direction, main_log_lines, status_word, timing_report
@@ -105,15 +105,23 @@ class Pipeline:
         timing.mark("collect_info")
         self.stats.set_state(ST_DECODING)
         bulk = bool(_BULK.search(block))
+        # the spam check needs only the spool file: it runs in a worker thread while
+        # this thread decodes and asks the virus scanners, so the message waits for
+        # the slower of the two, not their sum (issue: concurrency beyond Perl)
+        spam_pending = spam.check(msg, view, self.config, reactor=self.reactor,
+                                  header_block=block)
+        try:
+            examined = examine(msg, view, self.config, self.tempdir, block, self.stats)
+        except BaseException:
+            spam_pending.addErrback(lambda _f: None)   # its outcome no longer matters
+            raise
+        timing.mark("decode+virus")
         self.stats.set_state(ST_SPAM)
-        spam_result = yield spam.check(msg, view, self.config, reactor=self.reactor,
-                                       header_block=block)
+        spam_result = yield spam_pending
         if spam_result.performed:
             self.stats.add("OpsSpamCheck")
         timing.mark("spam_scan")
-        self.stats.set_state(ST_DECODING)
-        check_content(msg, view, self.config, self.tempdir, block, bulk, self.stats,
-                      spam_result=spam_result)
+        conclude(msg, view, examined, bulk, spam_result)
         timing.mark("content_checks")
         self.stats.set_state(ST_QUARANTINE)
         deadline = time.time() + float(view.child_timeout)
