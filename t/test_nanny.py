@@ -310,3 +310,19 @@ def test_db_home_from_the_environment(tmp_path, monkeypatch, capsys):
     assert nanny_main(["-c", "1"]) == 0
     out, err = capsys.readouterr()
     assert (out, err) == (HEADER_TEXT + "\n", "")
+
+
+@pytest.mark.parametrize("flag", [["--db-home"], ["--db-home="], ["-d"]])
+def test_db_home_option_overrides_the_environment(flag, tmp_path, monkeypatch, capsys):
+    """--db-home DIR (and its short alias -d) names the directory of the segment."""
+    home = tmp_path / "db"
+    home.mkdir()
+    seg = StatsSegment.create(str(home / DEFAULT_FILENAME), 1, os.getpid())
+    seg.writer(0, 4321).child_started()
+    monkeypatch.setenv("AMAVISD_DB_HOME", str(tmp_path / "elsewhere"))
+    args = [flag[0] + str(home)] if flag[0].endswith("=") else [*flag, str(home)]
+    assert nanny_main(["-c", "1", *args]) == 0
+    out, err = capsys.readouterr()
+    assert out == HEADER_TEXT + "\n"
+    assert err.startswith("PID 04321: ")
+    seg.close()

@@ -240,7 +240,7 @@ class Nanny:
 
 
 def _parse_args(argv: Sequence[str]) -> tuple[int | None, float, str]:
-    opts, rest = getopt.getopt(list(argv), "c:w:d:")
+    opts, rest = getopt.getopt(list(argv), "c:w:d:", ["db-home="])
     if rest:
         raise getopt.GetoptError(f"unexpected argument {rest[0]!r}")
     count: int | None = None
@@ -256,7 +256,7 @@ def _parse_args(argv: Sequence[str]) -> tuple[int | None, float, str]:
                 wait = float(value)
                 if not wait >= 0:
                     raise ValueError(value)
-            else:                                   # -d: our extension
+            else:                                   # -d / --db-home: our extension
                 db_home = value
         except ValueError:
             raise getopt.GetoptError(f"bad value for {opt}: {value!r}") from None
