@@ -118,6 +118,25 @@ def message_categories(result: ContentResult,
     return cats
 
 
+def apply_av_spam(spam_result: spam.SpamResult | None,
+                  virus_result: virus.VirusResult | None) -> None:
+    """Section 9.5: a virus scanner's detection made only of spam names (per
+    ``@virus_name_to_spam_score_maps``) raises each recipient's spam level by the
+    highest of their scores and adds ``AV:<name>=<score>`` to the spam tests.
+
+    Only where a spam check exists: without one there are no levels to raise, and
+    the detection was already turned clean by the virus check.
+    """
+    if spam_result is None or virus_result is None or not virus_result.av_spam:
+        return
+    for av in virus_result.av_spam:
+        for entry in spam_result.recipients.values():
+            if entry.bypassed:
+                continue
+            entry.level = (entry.level or 0.0) + av.score
+            entry.tests.append(av.tests)
+
+
 def add_spam_findings(msg: Message, view: Any, findings: decider.ContentFindings,
                       spam_result: spam.SpamResult | None, bulk: bool) -> None:
     """Lay the spam check's result on ``findings`` and the recipients (section 2 step 19).
@@ -248,6 +267,7 @@ def conclude(msg: Message, view: Any, examined: Examined, bulk: bool,
         oversized=oversized_recipients(msg, view),
         virus_names=list(virus_result.virus_names) if virus_result else [],
         virus_check_failed=bool(virus_result and virus_result.failed))
+    apply_av_spam(spam_result, virus_result)
     add_spam_findings(msg, view, findings, spam_result, bulk)
     result = ContentResult(tree, faults, hits, verdicts)
     for rcpt in msg.recipients:

@@ -9,6 +9,13 @@ ours/Perl per cell) to stdout; progress goes to stderr.
     python bench/compare.py                    # anchor from $ANCHOR or ../shared/anchor
     ANCHOR=/tmp/anchor python bench/compare.py --repeat 3
     python bench/compare.py --skip-perl        # only our daemon
+    python bench/compare.py --profile clamd    # + virus scan (the anchor's clamd, both sides)
+    python bench/compare.py --profile full --sizes 4k --count-4k 120   # + spam checks
+
+Profiles as in the anchor: ``pass`` (no scanners), ``clamd`` (virus scan with the anchor's
+private clamd, which both daemons ask), ``full`` (clamd + SpamAssassin: Perl loads it in
+its children, ours asks a private spamd that this script starts, 2 children, local tests
+only; its memory is sampled during our runs and reported next to our children's).
 
 Sink: both daemons forward to OUR sink (bench/sink.py) on 127.0.0.1:31025, the port the
 anchor's Perl config forwards to; the anchor's own smtp-sink must not be running (the
@@ -35,6 +42,10 @@ import sysconfig
 import time
 from pathlib import Path
 
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.loadgen import MemSampler
+
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
 SINK_PORT = 31025
@@ -42,8 +53,17 @@ PERL_PORT = 31024
 OURS_PORT = 32024
 PERL_PIDFILE = "/tmp/anchor-amavis.pid"
 OURS_HOME = "/tmp/amavisd-bench"
-OURS_CONF = BENCH / "conf" / "amavisd-pass.conf"
 ANCHOR_COPY = Path("/tmp/anchor")
+PROFILES = ("pass", "clamd", "full")
+SPAMD = "/usr/sbin/spamd"
+SPAMD_PORT = 32783          # must match spamd_address in bench/conf/amavisd-full.conf
+SPAMD_USER = "amavis"       # as the Perl children that run SpamAssassin in process
+SPAMD_CHILDREN = 2          # = max_servers of both daemons: two SpamAssassin processes
+SPAMD_HOME = "/tmp/amavisd-bench-spamd"
+
+
+def ours_conf(profile: str) -> Path:
+    return BENCH / "conf" / f"amavisd-{profile}.conf"
 
 
 def log(msg: str) -> None:
@@ -157,17 +177,19 @@ class Sink:
 
 # ----------------------------------------------------------------------------- daemons
 class PerlDaemon:
-    """The Perl amavisd through the anchor's amavisd.sh (profile pass)."""
+    """The Perl amavisd through the anchor's amavisd.sh, in the anchor's profile."""
 
     name = "perl"
     port = PERL_PORT
+    extra_mem = None
 
-    def __init__(self, anchor: Path, max_servers: int) -> None:
+    def __init__(self, anchor: Path, max_servers: int, profile: str = "pass") -> None:
         self.anchor = anchor
         self.max_servers = max_servers
+        self.profile = profile
 
     def start(self) -> int:
-        r = subprocess.run([str(self.anchor / "amavisd.sh"), "start", "pass",
+        r = subprocess.run([str(self.anchor / "amavisd.sh"), "start", self.profile,
                             str(self.max_servers)], capture_output=True, text=True,
                            check=False)
         out = (r.stdout + r.stderr).strip()
@@ -209,8 +231,10 @@ class OurDaemon:
     name = "ours"
     port = OURS_PORT
 
-    def __init__(self, cmd: list[str], max_servers: int, work: Path) -> None:
-        self.cmd = cmd + ["-c", str(OURS_CONF), "-m", str(max_servers), "foreground"]
+    def __init__(self, cmd: list[str], max_servers: int, work: Path,
+                 profile: str = "pass", extra_mem: int | None = None) -> None:
+        self.cmd = cmd + ["-c", str(ours_conf(profile)), "-m", str(max_servers), "foreground"]
+        self.extra_mem = extra_mem      # pid of spamd: its tree is sampled during our runs
         self.work = work
         self.proc: subprocess.Popen | None = None
 
@@ -250,7 +274,135 @@ class OurDaemon:
         log("ours: stopped")
 
 
+# ----------------------------------------------------------------------- clamd, spamd
+class Clamd:
+    """The anchor's private clamd (unix:/tmp/anchor-clamd/clamd.sock, user amavis), asked by
+    both daemons.  Started here unless it already runs; stopped only if started here."""
+
+    def __init__(self, anchor: Path) -> None:
+        self.script = str(anchor / "clamd.sh")
+        self.started = False
+
+    def start(self) -> None:
+        if subprocess.run([self.script, "status"], capture_output=True,
+                          check=False).returncode == 0:
+            log("clamd: the anchor's clamd already runs: using it")
+            return
+        r = subprocess.run([self.script, "start"], capture_output=True, text=True, check=False)
+        log("clamd: " + (r.stdout + r.stderr).strip().replace("\n", " | "))
+        if r.returncode:
+            raise RuntimeError("the anchor's clamd did not start")
+        self.started = True
+
+    def stop(self) -> None:
+        if self.started:
+            r = subprocess.run([self.script, "stop"], capture_output=True, text=True,
+                               check=False)
+            log("clamd: " + (r.stdout + r.stderr).strip())
+
+
+def ping_spamd(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.sendall(b"PING SPAMC/1.5\r\n\r\n")
+            return b"PONG" in s.recv(256)
+    except OSError:
+        return False
+
+
+class Spamd:
+    """A private spamd for our daemon in profile full: Debian's /usr/sbin/spamd on
+    127.0.0.1:SPAMD_PORT, local tests only (-L, as the anchor's sa_local_tests_only),
+    no user config (-x), as user amavis with a private helper home (bayes, like the Perl
+    children's helpers_home), and exactly SPAMD_CHILDREN children."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> int:
+        shutil.rmtree(SPAMD_HOME, ignore_errors=True)
+        os.makedirs(SPAMD_HOME)
+        shutil.chown(SPAMD_HOME, SPAMD_USER, SPAMD_USER)
+        n = str(SPAMD_CHILDREN)
+        cmd = [SPAMD, "-L", "-x", "-u", SPAMD_USER, "-H", SPAMD_HOME,
+               "-i", f"127.0.0.1:{SPAMD_PORT}", "-A", "127.0.0.1",
+               "--min-children", n, "--max-children", n, "--min-spare", "1",
+               "--max-spare", n, "-s", SPAMD_HOME + "/spamd.log",
+               "-r", SPAMD_HOME + "/spamd.pid"]
+        logf = self.work / "spamd.stdout"
+        log("spamd: " + " ".join(cmd))
+        with open(logf, "wb") as lf:
+            self.proc = subprocess.Popen(cmd, stdout=lf, stderr=lf, stdin=subprocess.DEVNULL)
+        t0 = time.monotonic()
+        while not ping_spamd(SPAMD_PORT):
+            if self.proc.poll() is not None or time.monotonic() - t0 > 90:
+                self.stop()
+                raise RuntimeError("spamd did not start: "
+                                   + logf.read_text(errors="replace")[-1500:])
+            time.sleep(0.3)
+        while len(children_of(self.proc.pid)) < SPAMD_CHILDREN and time.monotonic() - t0 < 90:
+            time.sleep(0.3)
+        log(f"spamd: pid {self.proc.pid} up in {time.monotonic() - t0:.1f}s, children "
+            f"{children_of(self.proc.pid)}")
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if not self.proc or self.proc.poll() is not None:
+            return
+        kids = children_of(self.proc.pid)
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for k in kids:
+            try:
+                os.kill(k, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        log("spamd: stopped")
+
+
+def uptime() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            la = f.read().split()[:3]
+        with open("/proc/uptime") as f:
+            up = float(f.read().split()[0])
+    except OSError:
+        return "?"
+    return f"load average {', '.join(la)} (up {up / 3600:.1f} h)"
+
+
 # ------------------------------------------------------------------------------- runs
+def smaps(pid: int) -> dict[str, int] | None:
+    """Rss, Pss and Private (clean + dirty) kB of one process from smaps_rollup."""
+    out = {"Rss": 0, "Pss": 0, "Private": 0}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                key, _, val = line.partition(":")
+                if key in ("Rss", "Pss"):
+                    out[key] = int(val.split()[0])
+                elif key in ("Private_Clean", "Private_Dirty"):
+                    out["Private"] += int(val.split()[0])
+    except (OSError, ValueError):
+        return None
+    return out
+
+
+def tree_smaps(pid: int) -> dict:
+    """Snapshot (right after a run, so the children are idle but warm) of a daemon's
+    parent and children: RSS counts the pages shared with the parent in every child,
+    PSS shares them out, so PSS is the fair 'memory per child' of a preforking daemon."""
+    kids = [s for s in (smaps(c) for c in children_of(pid)) if s]
+    return {"parent": smaps(pid), "children": kids,
+            "max_child_pss_kB": max((k["Pss"] for k in kids), default=None),
+            "max_child_private_kB": max((k["Private"] for k in kids), default=None)}
+
+
 def run_matrix(daemon, pid: int, args: argparse.Namespace, sink: Sink,
                results: list[dict], target_port: int | None = None) -> None:
     port = target_port or daemon.port
@@ -265,7 +417,24 @@ def run_matrix(daemon, pid: int, args: argparse.Namespace, sink: Sink,
                        "--json", str(args.json)]
                 if pid:
                     cmd += ["--mem-pid", str(pid)]
+                extra = getattr(daemon, "extra_mem", None)
+                sampler = MemSampler(extra) if extra else None
+                if sampler:
+                    sampler.start()
                 r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                extra_rec: dict = {}
+                if pid:
+                    extra_rec["smaps"] = tree_smaps(pid)
+                if sampler:
+                    smem = sampler.finish()
+                    extra_rec["spamd_mem"] = smem
+                    extra_rec["spamd_smaps"] = tree_smaps(extra)
+                    log(f"  spamd: max child peak {smem['max_child_peak_kB']} kB, "
+                        f"child PSS {extra_rec['spamd_smaps']['max_child_pss_kB']} kB, "
+                        f"parent RSS {smem['parent_rss_kB']} kB")
+                if "smaps" in extra_rec:
+                    log(f"  {daemon.name}: child PSS {extra_rec['smaps']['max_child_pss_kB']} "
+                        f"kB, private {extra_rec['smaps']['max_child_private_kB']} kB")
                 log((r.stdout.strip() or r.stderr.strip()) + ("" if r.returncode == 0
                                                               else "  [FAILED]"))
                 if r.stderr.strip() and r.returncode:
@@ -274,6 +443,13 @@ def run_matrix(daemon, pid: int, args: argparse.Namespace, sink: Sink,
                     last = f.read().splitlines()[-1:]
                 rec = json.loads(last[0]) if last else {}
                 if rec.get("label") == label:
+                    if extra_rec:  # keep PSS and spamd's memory in the run's JSON line
+                        rec.update(extra_rec)
+                        with open(args.json) as f:
+                            lines = f.read().splitlines()
+                        lines[-1] = json.dumps(rec)
+                        Path(args.json).write_text("\n".join(lines) + "\n")
+                    rec["profile"] = args.profile
                     rec["who"] = daemon.name
                     rec["size"] = size
                     rec["rc"] = r.returncode
@@ -306,7 +482,15 @@ def median_cell(results: list[dict], who: str, size: str, conc: int) -> dict | N
             "p99": statistics.median(r["lat_ms"]["p99"] for r in rs),
             "cpu": statistics.median(r["cpu_busy_pct"] or 0 for r in rs),
             "n": len(rs), "bad": sum(1 for r in rs if r["rc"]),
-            "peak": max((r.get("mem", {}).get("max_child_peak_kB") or 0) for r in rs)}
+            "peak": max((r.get("mem", {}).get("max_child_peak_kB") or 0) for r in rs),
+            "parent": max((r.get("mem", {}).get("parent_rss_kB") or 0) for r in rs),
+            "spamd": max(((r.get("spamd_mem") or {}).get("max_child_peak_kB") or 0)
+                         for r in rs),
+            "spamd_parent": max(((r.get("spamd_mem") or {}).get("parent_rss_kB") or 0)
+                                for r in rs),
+            "pss": max(((r.get("smaps") or {}).get("max_child_pss_kB") or 0) for r in rs),
+            "spamd_pss": max(((r.get("spamd_smaps") or {}).get("max_child_pss_kB") or 0)
+                             for r in rs)}
 
 
 def fmt(v: float | None, nd: int = 1) -> str:
@@ -337,6 +521,8 @@ def table(results: list[dict], args: argparse.Namespace) -> str:
                      ratio(o, p, "p50"), fmt(p and p["p99"]), fmt(o and o["p99"]),
                      ratio(o, p, "p99"), fmt(p and p["cpu"], 0), fmt(o and o["cpu"], 0), runs]
             rows.append("| " + " | ".join(cells) + " |")
+    if any(r.get("mem") for r in results if r["who"] != "sink"):
+        rows += ["", memory_table(results, args)]
     sinks = [r for r in results if r["who"] == "sink"]
     if sinks:
         rows.append("")
@@ -346,12 +532,52 @@ def table(results: list[dict], args: argparse.Namespace) -> str:
     return "\n".join(rows)
 
 
+def mb(kb: float | None) -> str:
+    return "-" if not kb else f"{kb / 1024:.0f}"
+
+
+def memory_table(results: list[dict], args: argparse.Namespace) -> str:
+    """Largest child peak RSS (VmHWM, sampled during the runs) and largest child PSS
+    (snapshot after each run) over the runs of each cell; for ours in profile full also
+    spamd's children, and the sums = memory per scanning child (one amavisd child + the
+    spamd child it keeps busy)."""
+    spam = any(r.get("spamd_mem") for r in results)
+    head = ("| size | conc | Perl child peak RSS MB | ours child peak RSS MB |"
+            " Perl child PSS MB | ours child PSS MB |")
+    if spam:
+        head += (" spamd child peak RSS MB | spamd child PSS MB | ours + spamd peak RSS MB |"
+                 " ours + spamd PSS MB |")
+    head += " Perl parent RSS MB | ours parent RSS MB |"
+    if spam:
+        head += " spamd parent RSS MB |"
+    rows = [head, "|---" * (head.count("|") - 1) + "|"]
+    for size in args.sizes:
+        for conc in args.concs:
+            p = median_cell(results, "perl", size, conc)
+            o = median_cell(results, "ours", size, conc)
+            if not p and not o:
+                continue
+            cells = [size, str(conc), mb(p and p["peak"]), mb(o and o["peak"]),
+                     mb(p and p["pss"]), mb(o and o["pss"])]
+            if spam:
+                cells += [mb(o and o["spamd"]), mb(o and o["spamd_pss"]),
+                          mb(o and o["spamd"] and o["peak"] + o["spamd"]),
+                          mb(o and o["spamd_pss"] and o["pss"] + o["spamd_pss"])]
+            cells += [mb(p and p["parent"]), mb(o and o["parent"])]
+            if spam:
+                cells += [mb(o and o["spamd_parent"])]
+            rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--anchor", default=os.environ.get("ANCHOR",
                                                        str(REPO.parent / "shared" / "anchor")),
                     help="anchor harness dir (default $ANCHOR or ../shared/anchor)")
+    ap.add_argument("--profile", choices=PROFILES, default="pass",
+                    help="anchor profile for Perl, bench/conf/amavisd-PROFILE.conf for ours")
     ap.add_argument("--sizes", default="4k,100k")
     ap.add_argument("--concs", default="1,2")
     ap.add_argument("--repeat", type=int, default=3)
@@ -380,16 +606,34 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         log("must run as root (the daemons drop privileges to user amavis themselves)")
         return 2
-    busy = [p for p in (SINK_PORT, PERL_PORT, OURS_PORT) if port_open(p)]
+    ports = (SINK_PORT, PERL_PORT, OURS_PORT) + ((SPAMD_PORT,) if args.profile == "full"
+                                                  else ())
+    busy = [p for p in ports if port_open(p)]
     if busy:
         log(f"ports already in use: {busy} (stop the anchor sink/amavisd or other runs first)")
         return 2
 
+    load = uptime()
+    log(f"profile {args.profile}; machine: {load}")
     results: list[dict] = []
-    sink = Sink(work)
-    sink.start()
     skipped: list[str] = []
     failed = False
+    anchor: Path | None = None
+    clamd: Clamd | None = None
+    if not args.skip_perl or args.profile != "pass":
+        anchor = prepare_anchor(Path(args.anchor))
+        if anchor is None and args.profile != "pass":
+            log(f"profile {args.profile} needs the anchor's clamd: no anchor, giving up")
+            return 2
+    if args.profile != "pass":
+        clamd = Clamd(anchor)
+        try:
+            clamd.start()
+        except RuntimeError as e:
+            log(str(e))
+            return 2
+    sink = Sink(work)
+    sink.start()
     try:
         if not args.no_sink_baseline:
             class _S:  # the sink alone, as the physical limit of client + sink
@@ -399,11 +643,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.skip_perl:
             skipped.append("Perl (--skip-perl)")
         else:
-            anchor = prepare_anchor(Path(args.anchor))
             if anchor is None:
                 skipped.append("Perl (anchor missing or setup failed)")
             else:
-                perl = PerlDaemon(anchor, args.max_servers)
+                perl = PerlDaemon(anchor, args.max_servers, args.profile)
                 try:
                     run_matrix(perl, perl.start(), args, sink, results)
                 finally:
@@ -418,22 +661,33 @@ def main(argv: list[str] | None = None) -> int:
                     "skipping our side")
                 skipped.append("ours (not installed)")
             else:
-                ours = OurDaemon(cmd, args.max_servers, work)
+                spamd = Spamd(work) if args.profile == "full" else None
+                ours = None
                 try:
+                    spamd_pid = spamd.start() if spamd else None
+                    ours = OurDaemon(cmd, args.max_servers, work, args.profile, spamd_pid)
                     run_matrix(ours, ours.start(), args, sink, results)
                 except RuntimeError as e:
                     log(str(e))
                     skipped.append("ours (failed to start)")
                     failed = True
                 finally:
-                    ours.stop()
+                    if ours:
+                        ours.stop()
+                    if spamd:
+                        spamd.stop()
     finally:
         sink.stop()
+        if clamd:
+            clamd.stop()
 
     when = time.strftime("%Y-%m-%d %H:%M")
-    print(f"<!-- bench/compare.py {when}, {os.uname().nodename}, repeats {args.repeat}, "
-          f"counts 4k={args.count_4k} 100k={args.count_100k}, "
-          f"max_servers {args.max_servers}; medians; ratio = ours/Perl -->")
+    spam_note = (f"; ours asks spamd -L -x -u {SPAMD_USER} with {SPAMD_CHILDREN} children"
+                 if args.profile == "full" else "")
+    print(f"<!-- bench/compare.py {when}, {os.uname().nodename}, profile {args.profile}, "
+          f"repeats {args.repeat}, counts 4k={args.count_4k} 100k={args.count_100k}, "
+          f"max_servers {args.max_servers}{spam_note}; machine at start: {load}; "
+          "medians; ratio = ours/Perl -->")
     print(table(results, args))
     if skipped:
         print("\nNot measured: " + "; ".join(skipped))
