@@ -37,7 +37,7 @@ import mmap
 import os
 import struct
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple, Self
 
 from amavisd.constants import CCAT_DISPLAY_NAMES_MAJOR, NANNY_STATES
@@ -919,3 +919,44 @@ class SlotWriter:
 
 
 SEGMENT_LAYOUT_DOC = __doc__
+
+
+def poll_segment(path: str, count: int | None, wait: float, poll: Callable[[StatsSegment], None],
+                 say: Callable[[str], None], sleep: Callable[[float], None],
+                 on_reopen: Callable[[], None] | None = None) -> None:
+    """The readers' loop (amavisd-nanny, amavisd-agent): poll ``count`` times (forever
+    if None), ``wait`` seconds apart.
+
+    A missing or unusable segment is reported through ``say`` and retried at every
+    interval without using up the count, as the Perl tools do for a missing
+    database (monitoring.md 2.1, 3.1); a segment replaced by a cold restart is
+    reopened (``on_reopen`` lets the caller drop what it kept of the old one).
+    """
+    seg: StatsSegment | None = None
+    done = 0
+    try:
+        while count is None or done < count:
+            if seg is not None and seg.replaced():
+                seg.close()
+                seg = None
+                if on_reopen is not None:
+                    on_reopen()
+                if os.path.exists(path):
+                    say(f"Reopening stats segment {path}")
+            if seg is None:
+                try:
+                    seg = StatsSegment.open_readonly(path)
+                except FileNotFoundError:
+                    say(f"No stats segment {path}; waiting...")
+                except (SegmentError, OSError) as exc:
+                    say(f"Unusable stats segment {path}: {exc}; waiting...")
+                if seg is None:
+                    sleep(wait)
+                    continue
+            poll(seg)
+            done += 1
+            if count is None or done < count:
+                sleep(wait)
+    finally:
+        if seg is not None:
+            seg.close()

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from amavisd.constants import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, NANNY_LEGEND
-from amavisd.stats import DEFAULT_FILENAME, SegmentError, SlotInfo, StatsSegment
+from amavisd.stats import DEFAULT_FILENAME, SlotInfo, StatsSegment, poll_segment
 
 PROG = "amavisd-nanny"
 USAGE = f"Usage: {PROG} [-c <count>] [-w <wait-interval>]"
@@ -211,32 +211,7 @@ class Nanny:
         """
         self.out.write(HEADER)
         self.out.flush()
-        seg: StatsSegment | None = None
-        done = 0
-        try:
-            while count is None or done < count:
-                if seg is not None and seg.replaced():
-                    seg.close()
-                    seg = None
-                    if os.path.exists(self.path):
-                        self._say(f"Reopening stats segment {self.path}")
-                if seg is None:
-                    try:
-                        seg = StatsSegment.open_readonly(self.path)
-                    except FileNotFoundError:
-                        self._say(f"No stats segment {self.path}; waiting...")
-                    except (SegmentError, OSError) as exc:
-                        self._say(f"Unusable stats segment {self.path}: {exc}; waiting...")
-                    if seg is None:
-                        self.sleep(wait)
-                        continue
-                self.poll(seg)
-                done += 1
-                if count is None or done < count:
-                    self.sleep(wait)
-        finally:
-            if seg is not None:
-                seg.close()
+        poll_segment(self.path, count, wait, self.poll, self._say, self.sleep)
 
 
 def _parse_args(argv: Sequence[str]) -> tuple[int | None, float, str]:
