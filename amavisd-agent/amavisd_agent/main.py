@@ -17,7 +17,9 @@ instead of snmp.db, so a few things differ, as docs/monitoring.md explains:
   counterpart and is not printed.
 * On a reopen (cold restart) the rate history is dropped, so no negative rates.
 
-``--prometheus HOST:PORT`` serves ``/metrics`` instead (amavisd_agent/prometheus.py).
+``--prometheus HOST:PORT`` serves ``/metrics`` instead (amavisd_agent/prometheus.py);
+``--snmp HOST:PORT [--community NAME]`` answers SNMPv2c for AMAVIS-MIB instead
+(amavisd_agent/snmp.py, spec/monitoring.md 4).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple, TextIO
 
 from amavisd.constants import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, VERSION
-from amavisd.stats import DEFAULT_FILENAME, SegmentError, Snapshot, StatsSegment
+from amavisd.stats import DEFAULT_FILENAME, Snapshot, StatsSegment, poll_segment
 
 PROG = "amavisd-agent"
 USAGE = f"Usage: {PROG} [-c <count>] [-w <wait-interval>]"
@@ -327,33 +329,8 @@ class Agent:
         interval without using up the count; a segment replaced by a cold
         restart is reopened.  The messages are the nanny's (3.1).
         """
-        seg: StatsSegment | None = None
-        done = 0
-        try:
-            while count is None or done < count:
-                if seg is not None and seg.replaced():
-                    seg.close()
-                    seg = None
-                    self.history.clear()
-                    if os.path.exists(self.path):
-                        self._say(f"Reopening stats segment {self.path}")
-                if seg is None:
-                    try:
-                        seg = StatsSegment.open_readonly(self.path)
-                    except FileNotFoundError:
-                        self._say(f"No stats segment {self.path}; waiting...")
-                    except (SegmentError, OSError) as exc:
-                        self._say(f"Unusable stats segment {self.path}: {exc}; waiting...")
-                    if seg is None:
-                        self.sleep(wait)
-                        continue
-                self.poll(seg)
-                done += 1
-                if count is None or done < count:
-                    self.sleep(wait)
-        finally:
-            if seg is not None:
-                seg.close()
+        poll_segment(self.path, count, wait, self.poll, self._say, self.sleep,
+                     on_reopen=self.history.clear)
 
 
 # ---- command line -------------------------------------------------------------------
@@ -364,6 +341,8 @@ class Options(NamedTuple):
     wait: float
     db_home: str
     prometheus: tuple[str, int] | None
+    snmp: tuple[str, int] | None = None
+    community: str = "public"
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -377,15 +356,19 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def parse_args(argv: Sequence[str]) -> Options:
-    """Parse the Perl tool's -c and -w (2.1) plus our ``--db-home``/``-d`` and
-    ``--prometheus``; raises getopt.GetoptError on anything else."""
-    opts, rest = getopt.getopt(list(argv), "c:w:d:", ["db-home=", "prometheus="])
+    """Parse the Perl tool's -c and -w (2.1) plus our ``--db-home``/``-d``,
+    ``--prometheus``, ``--snmp`` and ``--community``; raises getopt.GetoptError
+    on anything else."""
+    opts, rest = getopt.getopt(list(argv), "c:w:d:",
+                               ["db-home=", "prometheus=", "snmp=", "community="])
     if rest:
         raise getopt.GetoptError(f"unexpected argument {rest[0]!r}")
     count: int | None = None
     wait = DEFAULT_WAIT
     db_home = os.environ.get("AMAVISD_DB_HOME") or DEFAULT_DB_HOME
     listen = None
+    snmp = None
+    community = "public"
     for opt, value in opts:
         try:
             if opt == "-c":
@@ -398,11 +381,19 @@ def parse_args(argv: Sequence[str]) -> Options:
                 wait = float(value)
             elif opt == "--prometheus":
                 listen = parse_listen(value)
+            elif opt == "--snmp":
+                snmp = parse_listen(value)
+            elif opt == "--community":
+                if not value or not value.isprintable():
+                    raise ValueError(value)
+                community = value
             else:                                 # -d / --db-home: our extension
                 db_home = value
         except ValueError:
             raise getopt.GetoptError(f"bad value for {opt}: {value!r}") from None
-    return Options(count, wait, db_home, listen)
+    if listen is not None and snmp is not None:
+        raise getopt.GetoptError("--prometheus and --snmp exclude each other")
+    return Options(count, wait, db_home, listen, snmp, community)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -411,12 +402,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         opts = parse_args(args)
     except getopt.GetoptError:
-        sys.stderr.write(USAGE + " [--db-home <dir>] [--prometheus <host>:<port>]\nexited\n")
+        sys.stderr.write(USAGE + " [--db-home <dir>] [--prometheus <host>:<port>]"
+                         " [--snmp <host>:<port> [--community <name>]]\nexited\n")
         return EXIT_USAGE
     path = os.path.join(opts.db_home, DEFAULT_FILENAME)
     if opts.prometheus is not None:
         from amavisd_agent.prometheus import serve_forever
         return serve_forever(path, *opts.prometheus)
+    if opts.snmp is not None:
+        from amavisd_agent.snmp import serve_forever as serve_snmp
+        return serve_snmp(path, *opts.snmp, community=opts.community)
     agent = Agent(path, sys.stdout, sys.stderr)
     try:
         agent.run(opts.count, opts.wait)
