@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,6 +205,8 @@ class Examined:
     verdicts: dict[str, banned.BannedVerdict]
     virus_result: virus.VirusResult | None
     lookups: Lookups
+    decode_ms: float = 0.0                  # TimeElapsedDecoding
+    virus_ms: float = 0.0                   # TimeElapsedVirusCheck (0: no scan ran)
 
 
 def examine(msg: Message, view: Any, config: Any, tempdir: str, header_block: bytes,
@@ -214,11 +217,13 @@ def examine(msg: Message, view: Any, config: Any, tempdir: str, header_block: by
     may run meanwhile in a worker thread (amavisd.checks.spam.check with a reactor).
     Our own faults (disk, all virus scanners down) raise TempFail; bad mail never does.
     """
+    t0 = time.monotonic()
     try:
         parts_dir = fresh_parts_dir(tempdir)
         tree = decode_message(msg, parts_dir, decode_limits(config))
     except OSError as exc:
         raise TempFail("parts_decode", str(exc)) from exc
+    decode_ms = (time.monotonic() - t0) * 1000.0
     if stats is not None:
         stats.add("OpsDec")
     if tree.hold:
@@ -239,8 +244,10 @@ def examine(msg: Message, view: Any, config: Any, tempdir: str, header_block: by
             lookups.per_recipient("banned_filename_maps", rcpt.address, get_all=True)
     hits = banned.run(tree, rules, config.banned_namepath_re, banned_rules=banned_rules(config))
     verdicts = banned.per_recipient(hits)
+    t0 = time.monotonic()
     virus_result = virus_check(msg, view, tree, parts_dir, bypass, stats)
-    return Examined(tree, faults, hits, verdicts, virus_result, lookups)
+    virus_ms = (time.monotonic() - t0) * 1000.0 if virus_result is not None else 0.0
+    return Examined(tree, faults, hits, verdicts, virus_result, lookups, decode_ms, virus_ms)
 
 
 def conclude(msg: Message, view: Any, examined: Examined, bulk: bool,

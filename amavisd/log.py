@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import syslog
+import threading
 import time
 
 NOTICE = 25
@@ -59,6 +60,45 @@ def task_id() -> str | None:
 def do_log(level: int, msg: str, *args: object) -> None:
     """Log at an amavis level, for lines whose level the spec names (e.g. 'level 0')."""
     logging.getLogger("amavis").log(py_level(level), msg, *args)
+
+
+# Log statistics (monitoring.md 1.3 "Logging statistics"): counted here, per process,
+# for every entry a handler wrote, and handed to the stats writer once per message
+# by the pipeline (``drain_log_counts``).  A lock because the spam check's worker
+# thread logs too.
+
+_log_lock = threading.Lock()
+_LEVEL_NAMES = tuple(f"LogEntriesLevel{i}" for i in range(6))
+_log_counts: dict[str, int] = {}
+
+
+def count_entry(levelno: int, lines: int = 1) -> None:
+    """Count one written entry of Python level ``levelno`` that took ``lines`` lines."""
+    level = amavis_level(levelno)
+    names = ["LogEntries", "LogEntriesDebug", _LEVEL_NAMES[min(max(level, 0), 5)]]
+    if level <= 1:
+        names.append("LogEntriesInfo")
+        if level <= 0:
+            names.append("LogEntriesNotice")
+            if level <= -1:
+                names.append("LogEntriesWarning")
+                if level <= -2:
+                    names.append("LogEntriesErr")
+                    if level <= -3:
+                        names.append("LogEntriesCrit")
+    with _log_lock:
+        counts = _log_counts
+        counts["LogLines"] = counts.get("LogLines", 0) + lines
+        for name in names:
+            counts[name] = counts.get(name, 0) + 1
+
+
+def drain_log_counts() -> dict[str, int]:
+    """The Log* counts since the previous call (the per-message flush), then zero."""
+    global _log_counts
+    with _log_lock:
+        out, _log_counts = _log_counts, {}
+    return out
 
 
 _ESCAPES = {0x0D: "\\r", 0x0A: "\\n", 0x09: "\\t", 0x5C: "\\\\"}
@@ -126,8 +166,10 @@ class SyslogHandler(logging.Handler):
         try:
             text = self.format(record)
             prio = _syslog_priority(record.levelno)
-            for chunk in split_line(text, self.maxlen):
+            chunks = split_line(text, self.maxlen)
+            for chunk in chunks:
                 syslog.syslog(prio, chunk)
+            count_entry(record.levelno, len(chunks))
         except Exception:  # noqa: BLE001 - logging must never kill the process
             self.handleError(record)
 
@@ -176,6 +218,7 @@ class LogFileHandler(logging.Handler):
                 os.write(self.fd, data)
             finally:
                 fcntl.flock(self.fd, fcntl.LOCK_UN)
+            count_entry(record.levelno)
         except Exception:  # noqa: BLE001
             self.handleError(record)
 
@@ -205,6 +248,7 @@ class StderrHandler(logging.Handler):
                 prefix = f"<{_syslog_priority(record.levelno)}>"
             sys.stderr.write(prefix + self.format(record) + "\n")
             sys.stderr.flush()
+            count_entry(record.levelno)
         except Exception:  # noqa: BLE001
             self.handleError(record)
 
@@ -234,7 +278,11 @@ def setup_logging(settings, program: str, debug: bool = False) -> logging.Handle
 
 
 def after_fork() -> None:
-    """Give the child its own log descriptor (monitoring.md 5.2: each child reopens)."""
+    """Give the child its own log descriptor (monitoring.md 5.2: each child reopens).
+
+    The Log* counts inherited from the parent are the parent's: dropped here.
+    """
+    drain_log_counts()
     for handler in logging.getLogger().handlers:
         if isinstance(handler, LogFileHandler):
             handler.reopen()

@@ -24,6 +24,7 @@ Layout (all integers native-endian uint64, floats native double, 8-byte aligned;
     totals      ncounters x 8          folded counters, written by the master only
     dyn totals  ndyn_total x 72        dynamic name (64) + value (8), master only
     slots       nslots x slot_size     one per child index, see ``_S_*`` offsets
+                            (mail_id and state_since live in what was padding)
 
 The directory is stored in the file so a reader built from another revision maps
 names correctly and so :meth:`StatsSegment.open_or_create` can carry totals over by
@@ -51,6 +52,9 @@ __all__ = [
     "SlotWriter",
     "Snapshot",
     "StatsSegment",
+    "count",
+    "count_many",
+    "drain_pending",
     "is_idle",
     "state_level",
 ]
@@ -92,6 +96,12 @@ _S_EXITING = 56                      # 1 after child_exiting(): hidden from the 
 _S_STARTED = 64                      # double: child start time
 _S_STATE = 72                        # 8 bytes: state letter, NUL padded ("" = idle)
 _S_TASK_ID = 80                      # 32 bytes: am_id, NUL padded
+# Added inside the former padding (112..127), so VERSION and slot size are unchanged;
+# a reader that predates them ignores them and a writer that predates them leaves zeros.
+_S_MAIL_ID = 112                     # 12 bytes: mail_id of the message being checked
+_S_STATE_SINCE = 124                 # uint32: 1 + tenths of a second from `started` to
+                                     # the change into the current state; 0 = unknown
+MAIL_ID_LEN = 12
 _S_COUNTERS = 128                    # ncounters x uint64, then the dyn table
 
 
@@ -199,6 +209,10 @@ _STATE_LEVELS.update({"": 1, "A": 1, "m": 1, "=": 1, ".": 1})
 _RESETTING = frozenset("Am")
 #: States written without a task id, so readers see them as idle or as 'A'.
 _NO_TASK_ID = frozenset(["", ".", "A"])
+#: States that end (or come before) a message, so the slot's mail_id is cleared.
+_CLEARS_MAIL_ID = frozenset(["", ".", "A", "m"])
+#: States for which set_state(letter, None) writes an empty task id (not "keep").
+_KEEPS_NO_TASK_ID = _CLEARS_MAIL_ID
 
 
 def state_level(letter: str) -> int:
@@ -227,6 +241,8 @@ class SlotInfo(NamedTuple):
     connections: int = 0
     exiting: bool = False
     started: float = 0.0
+    mail_id: str = ""                # "" = none recorded (no message, or older writer)
+    state_since: float = 0.0         # Unix time the current state began; 0.0 = unknown
 
 
 class Snapshot(NamedTuple):
@@ -651,11 +667,14 @@ class StatsSegment:
         state = _unpad(data[_S_STATE:_S_STATE + 8])
         task_id = _unpad(data[_S_TASK_ID:_S_TASK_ID + TASK_ID_LEN])
         pid = sq[_S_PID // 8]
+        started = sd[_S_STARTED // 8]
+        (since,) = struct.unpack_from("=I", data, _S_STATE_SINCE)
         info = SlotInfo(
             pid=pid, state=state, timestamp=sd[_S_TIMESTAMP // 8], task_id=task_id,
             heartbeat=sd[_S_HEARTBEAT // 8], busy=bool(pid) and not is_idle(state, task_id),
             index=i, connections=sq[_S_CONNECTIONS // 8], exiting=bool(sq[_S_EXITING // 8]),
-            started=sd[_S_STARTED // 8])
+            started=started, mail_id=_unpad(data[_S_MAIL_ID:_S_MAIL_ID + MAIL_ID_LEN]),
+            state_since=started + (since - 1) / 10 if since else 0.0)
         n = self.geometry.ncounters
         counters = sq[_S_COUNTERS // 8:_S_COUNTERS // 8 + n]
         return info, counters, min(sq[_S_NDYN // 8], self.geometry.ndyn_slot)
@@ -745,6 +764,8 @@ class SlotWriter:
         self._started_i = (off + _S_STARTED) // 8
         self._state_off = off + _S_STATE
         self._task_off = off + _S_TASK_ID
+        self._mail_off = off + _S_MAIL_ID
+        self._since_off = off + _S_STATE_SINCE
         base = (off + _S_COUNTERS) // 8
         #: name -> uint64 index of this slot's shard cell.
         self._cell = {name: base + k for k, name in enumerate(seg.counter_names)}
@@ -846,14 +867,18 @@ class SlotWriter:
 
         A state whose level is above ``nanny_details_level`` is not written.  'A'
         and 'm' always restart the age; ``reset_timestamp`` forces it for others.
-        The task id is written as given (None is empty, as in amavisd), except
-        that '', '.' and 'A' never carry one, so readers see them as idle or 'A'.
+        The task id is written as given, except that '', '.' and 'A' never carry
+        one, so readers see them as idle or 'A', and that None keeps the task id
+        already in the slot for the in-message states (all but those and 'm'):
+        amavisd passes the am_id with every check_mail state, our pipeline passes
+        nothing, and an empty id would make the nanny show a bare letter.
         """
         level = _STATE_LEVELS.get(letter)
         if level is None:
             raise ValueError(f"unknown nanny state {letter!r}")
         if level > self.nanny_details_level:
             return False
+        keep = task_id is None and letter not in _KEEPS_NO_TASK_ID
         if task_id is None or letter in _NO_TASK_ID:
             task_id = ""
         cached = self._task_cache
@@ -865,14 +890,39 @@ class SlotWriter:
         now = time.time()
         q, b = self._q, self._b
         s = self._seq
+        code = ord(letter) if letter else 0
         q[s] += 1
-        b[self._state_off] = ord(letter) if letter else 0
-        b[self._task_off:self._task_off + TASK_ID_LEN] = raw
+        if b[self._state_off] != code or letter in _RESETTING:
+            self._write_since(now)
+        if letter in _CLEARS_MAIL_ID and b[self._mail_off]:
+            b[self._mail_off:self._mail_off + MAIL_ID_LEN] = bytes(MAIL_ID_LEN)
+        b[self._state_off] = code
+        if not keep:
+            b[self._task_off:self._task_off + TASK_ID_LEN] = raw
         if reset_timestamp or letter in _RESETTING:
             self._d[self._ts_i] = now
         self._d[self._hb_i] = now
         q[s] += 1
         return True
+
+    def _write_since(self, now: float) -> None:
+        """Record ``now`` as the start of the current state (caller holds the seqlock)."""
+        tenths = int((now - self._d[self._started_i]) * 10) + 1
+        struct.pack_into("=I", self._b, self._since_off, min(max(tenths, 1), 0xFFFFFFFF))
+
+    def set_mail_id(self, mail_id: str) -> None:
+        """Record the mail_id of the message being checked (nanny ``-v``).
+
+        The pipeline calls it once the id is generated; only the first 12 bytes are
+        kept (the default 72-bit id is 12 characters).  It is cleared when the child
+        goes idle or a new transaction starts ('', '.', 'A', 'm').
+        """
+        raw = _pad(mail_id, MAIL_ID_LEN)
+        q = self._q
+        s = self._seq
+        q[s] += 1
+        self._b[self._mail_off:self._mail_off + MAIL_ID_LEN] = raw
+        q[s] += 1
 
     def heartbeat(self) -> None:
         """Record a sign of life for the master's stale-child check (DESIGN.md)."""
@@ -899,9 +949,11 @@ class SlotWriter:
         q[self._exiting_i] = 0
         b[self._state_off:self._state_off + 8] = bytes(8)
         b[self._task_off:self._task_off + TASK_ID_LEN] = bytes(TASK_ID_LEN)
+        b[self._mail_off:self._mail_off + MAIL_ID_LEN] = bytes(MAIL_ID_LEN)
         d[self._ts_i] = now
         d[self._hb_i] = now
         d[self._started_i] = now
+        self._write_since(now)
         q[s] += 1
 
     def child_exiting(self) -> None:
@@ -915,6 +967,7 @@ class SlotWriter:
         q[self._exiting_i] = 1
         b[self._state_off:self._state_off + 8] = bytes(8)
         b[self._task_off:self._task_off + TASK_ID_LEN] = bytes(TASK_ID_LEN)
+        b[self._mail_off:self._mail_off + MAIL_ID_LEN] = bytes(MAIL_ID_LEN)
         q[s] += 1
 
 
@@ -960,3 +1013,34 @@ def poll_segment(path: str, count: int | None, wait: float, poll: Callable[[Stat
     finally:
         if seg is not None:
             seg.close()
+
+
+# --------------------------------------------------------------------------------
+# Counters moved away from the pipeline (forwarding, quarantine, decoders): they
+# wait here, per process, until the pipeline's once-per-message flush
+# (``drain_pending`` into ``SlotWriter.add_many``).  A child works on one message
+# at a time, so "since the previous flush" is "for this message" (plus whatever a
+# message that tempfailed before its flush left behind).
+
+_pending: dict[str, int] = {}
+
+
+def count(name: str, n: int = 1) -> None:
+    """Note ``n`` for ``name`` (fixed or dynamic) until the next per-message flush."""
+    if n > 0:
+        _pending[name] = _pending.get(name, 0) + n
+
+
+def count_many(names: Iterable[str], n: int = 1) -> None:
+    """``count`` for each of ``names``."""
+    if n > 0:
+        pending = _pending
+        for name in names:
+            pending[name] = pending.get(name, 0) + n
+
+
+def drain_pending() -> dict[str, int]:
+    """The counts noted since the last call, and forget them."""
+    global _pending
+    out, _pending = _pending, {}
+    return out

@@ -184,7 +184,7 @@ def test_busy_over_600s_is_terminated_then_reported_killed_with_its_label():
     w = World()
     n = w.nanny()
     pending = n.report([child(11981, 700.2, "V", "11981-05")])
-    assert w.kills == [(11981, signal.SIGTERM)]
+    assert w.kills == [(11981, signal.SIGTERM), (11981, signal.SIGCONT)]
     assert pending == {11981: "11981-05"}
 
     def sleep(secs: float) -> None:
@@ -196,6 +196,7 @@ def test_busy_over_600s_is_terminated_then_reported_killed_with_its_label():
     n.wait_for_kills(pending)
     assert w.lines() == [
         "PID 11981: 11981-05    terminated   0:11:40 =========:=========:=========:===V>",
+        "PID 11981: 11981-05    over its busy TTL (600 s), sending SIGTERM",
         "PID 11981: sending SIGKILL in 29 s",
         "Waiting for the process to terminate: 11981",
         "PID 11981: 11981-05    successfully killed",
@@ -217,6 +218,7 @@ def test_idle_over_3h_is_terminated():
     n.wait_for_kills(pending)
     assert w.lines() == [
         "PID 00042:             terminated   3:00:00 .........:.........:.........:.....",
+        "PID 00042:             over its idle TTL (10800 s), sending SIGTERM",
         "PID 00042:             successfully killed",
     ]
 
@@ -226,9 +228,9 @@ def test_sigkill_after_30_rounds():
     w.die_on[9] = signal.SIGKILL
     n = w.nanny()
     n.wait_for_kills(n.report([child(9, 601, "=", "00009-01")]))
-    assert w.kills == [(9, signal.SIGTERM), (9, signal.SIGKILL)]
+    assert w.kills == [(9, signal.SIGTERM), (9, signal.SIGCONT), (9, signal.SIGKILL)]
     lines = w.lines()
-    assert lines[1:3] == ["PID 00009: sending SIGKILL in 29 s",
+    assert lines[2:4] == ["PID 00009: sending SIGKILL in 29 s",
                           "Waiting for the process to terminate: 00009"]
     assert "PID 00009: sending SIGKILL in 0 s" in lines
     assert lines[-1] == "PID 00009: 00009-01    successfully killed"
@@ -325,4 +327,138 @@ def test_db_home_option_overrides_the_environment(flag, tmp_path, monkeypatch, c
     out, err = capsys.readouterr()
     assert out == HEADER_TEXT + "\n"
     assert err.startswith("PID 04321: ")
+    seg.close()
+
+
+# ---- kill policy, TTL options and -v (beyond the Perl tool) --------------------------------
+
+
+def test_no_kill_only_reports_a_child_over_its_ttl():
+    w = World()
+    n = w.nanny()
+    n.do_kill = False
+    pending = n.report([child(11981, 700.2, "V", "11981-05"), child(42, 10801)])
+    assert pending == {} and w.kills == []
+    assert w.lines() == [
+        "PID 00042:               3:00:01 .........:.........:.........:.....",
+        "PID 00042:             over its idle TTL (10800 s), not killed (--no-kill)",
+        "PID 11981: 11981-05      0:11:40 =========:=========:=========:===V>",
+        "PID 11981: 11981-05    over its busy TTL (600 s), not killed (--no-kill)",
+    ]
+
+
+def test_busy_and_idle_ttl_are_configurable():
+    w = World()
+    w.die_on.update({5: signal.SIGTERM, 6: signal.SIGTERM})
+    n = w.nanny()
+    n.busy_ttl, n.idle_ttl = 1.0, 30.0
+    pending = n.report([child(5, 1.5, "F", "00005-01"), child(6, 31.0, index=1),
+                        child(7, 0.9, "F", "00007-01", index=2), child(8, 29.0, index=3)])
+    assert pending == {5: "00005-01", 6: ""}
+    assert [k for k in w.kills if k[1] == signal.SIGTERM] == [(5, signal.SIGTERM),
+                                                              (6, signal.SIGTERM)]
+    lines = w.lines()
+    assert "PID 00005: 00005-01    over its busy TTL (1 s), sending SIGTERM" in lines
+    assert "PID 00006:             over its idle TTL (30 s), sending SIGTERM" in lines
+    assert lines.index("PID 00005: 00005-01    over its busy TTL (1 s), sending SIGTERM") < \
+        lines.index("PID 00006:             terminated   0:00:31 .........:.........:.........:.")
+
+
+def test_the_announcement_comes_before_the_signal():
+    w = World()
+    n = w.nanny()
+    seen: list[str] = []
+
+    def kill(pid: int, sig: int) -> None:
+        seen.append(w.err.getvalue())
+        w.kills.append((pid, sig))
+
+    n.kill = kill
+    n.report([child(3, 601, "S", "00003-01")])
+    assert seen[0].endswith("PID 00003: 00003-01    over its busy TTL (600 s), sending SIGTERM\n")
+    assert w.kills == [(3, signal.SIGTERM), (3, signal.SIGCONT)]
+
+
+def test_verbose_appends_mail_id_state_and_time_in_state_to_busy_lines():
+    w = World()
+    n = w.nanny()
+    n.verbose = True
+    busy = child(500, 6.7, "F", "00500-01")._replace(mail_id="a1B2c3D4e5F6",
+                                                    state_since=NOW - 2.6)
+    fresh = child(501, 0.5, "m", "00501-01", index=1)       # no mail_id, since unknown
+    n.report([busy, fresh, child(502, 14.2, ".", index=2)])
+    assert w.lines() == [
+        "PID 00500: 00500-01      0:00:06 ======F mail_id=a1B2c3D4e5F6 state=F for 2s",
+        "PID 00501: 00501-01      0:00:00 m mail_id=- state=m for -",
+        "PID 00502: .             0:00:14 .........:....",
+    ]
+
+
+def test_slot_records_mail_id_and_when_the_current_state_began(tmp_path, monkeypatch):
+    seg = StatsSegment.create(str(tmp_path / DEFAULT_FILENAME), 1, os.getpid())
+    wr = seg.writer(0, 4321, nanny_details_level=2)
+    clock = [1000.0]
+    monkeypatch.setattr("amavisd.stats.time.time", lambda: clock[0])
+    wr.child_started()
+    assert seg.slot_info(0).state_since == 1000.0 and seg.slot_info(0).mail_id == ""
+    clock[0] = 1005.0
+    wr.set_state("m", "04321-01")
+    clock[0] = 1006.25
+    wr.set_state("=", "04321-01")
+    wr.set_state("G", "04321-01")
+    wr.set_mail_id("a1B2c3D4e5F6")
+    clock[0] = 1009.0
+    wr.set_state("F")                              # no task id: the slot keeps its own
+    clock[0] = 1011.0
+    wr.set_state("F", "04321-01")                  # same state again: since unchanged
+    info = seg.slot_info(0)
+    assert (info.state, info.task_id, info.mail_id) == ("F", "04321-01", "a1B2c3D4e5F6")
+    assert info.state_since == pytest.approx(1009.0, abs=0.11)
+    wr.set_state(".", None)
+    info = seg.slot_info(0)
+    assert info.mail_id == "" and info.state_since == pytest.approx(1011.0, abs=0.11)
+    wr.set_mail_id("x" * 20)                       # longer ids are cut to 12 bytes
+    assert seg.slot_info(0).mail_id == "x" * 12
+    wr.child_exiting()
+    assert seg.slot_info(0).mail_id == ""
+    seg.close()
+
+
+def test_a_slot_without_the_new_fields_reads_as_unknown(tmp_path):
+    seg = StatsSegment.create(str(tmp_path / DEFAULT_FILENAME), 1, os.getpid())
+    seg.writer(0, 4321).child_started()
+    off = seg._slot_off(0)
+    seg._b[off + 112:off + 128] = bytes(16)         # what an older writer leaves
+    info = seg.slot_info(0)
+    assert (info.mail_id, info.state_since) == ("", 0.0)
+    seg.close()
+
+
+def test_options_parse_kill_policy_ttls_and_verbose():
+    from amavisd_nanny.main import _parse_args
+    o = _parse_args(["-c", "1"])
+    assert (o.kill, o.busy_ttl, o.idle_ttl, o.verbose) == (True, 600, 10800, False)
+    o = _parse_args(["--no-kill", "--busy-ttl", "1.5", "--idle-ttl=60", "-v"])
+    assert (o.kill, o.busy_ttl, o.idle_ttl, o.verbose) == (False, 1.5, 60.0, True)
+    assert _parse_args(["--no-kill", "--kill", "--verbose"])[3:] == (True, 600, 10800, True)
+
+
+@pytest.mark.parametrize("argv", [["--busy-ttl", "x"], ["--idle-ttl", "-1"],
+                                  ["--busy-ttl", "inf"], ["--kill=1"]])
+def test_bad_kill_policy_options_are_usage_errors(argv, capsys):
+    assert nanny_main(argv) != 0
+    assert capsys.readouterr().err.startswith(USAGE_TEXT)
+
+
+def test_main_passes_the_options_to_the_nanny(tmp_path, capsys):
+    seg = StatsSegment.create(str(tmp_path / DEFAULT_FILENAME), 1, os.getpid())
+    wr = seg.writer(0, os.getpid(), nanny_details_level=2)    # our own pid: alive
+    wr.child_started()
+    wr.set_state("m", "12345-01")
+    wr.set_mail_id("a1B2c3D4e5F6")
+    seg._d[(seg._slot_off(0) + 16) // 8] -= 700    # 700 s old: over the busy TTL
+    assert nanny_main(["-c", "1", "-d", str(tmp_path), "--no-kill", "-v"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("PID ") and "mail_id=a1B2c3D4e5F6 state=m for 0s" in err[0]
+    assert err[1].endswith("12345-01    over its busy TTL (600 s), not killed (--no-kill)")
     seg.close()

@@ -87,10 +87,10 @@ def free_udp_port() -> int:
 
 
 def dead_pid() -> int:
-    """The PID of a process that has exited and been reaped."""
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
+    """A PID no process can have (above pid_max): a reaped child's PID could be reused
+    by the time a busy test suite asks, which made this test flaky."""
+    with open("/proc/sys/kernel/pid_max") as f:
+        return int(f.read()) + 1
 
 
 # ---- the MIB file -------------------------------------------------------------------------
@@ -348,7 +348,7 @@ def test_process_gauges_and_uptime(running):
     assert out.returncode == 0, out.stderr
     *gauges, uptime = out.stdout.split()
     assert gauges == ["2", "1", "1", "1", "1", "0", "1"]
-    assert 3600 * 100 <= int(uptime) < 3600 * 100 + 60 * 100
+    assert 3600 * 100 <= int(uptime) < 3600 * 100 + 600 * 100    # slack for a busy suite
 
 
 def walk(running: Running, tool: str, *opts: str) -> list[tuple[tuple[int, ...], str, str]]:

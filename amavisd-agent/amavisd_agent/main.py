@@ -2,7 +2,7 @@
 
 Text mode follows spec/monitoring.md section 2: options and loop (2.1), the layout
 and order of one poll (2.2), the per-hour rates over a sliding window (2.3) and the
-sample in 2.4.  It reads our stats segment (amavisd/stats.py, docs/stats.md)
+sample in 2.4.  It reads our stats segment (amavisd/stats.py, docs/stats-segment.md)
 instead of snmp.db, so a few things differ, as docs/monitoring.md explains:
 
 * snmp.db holds a key only once something was written to it; the segment holds

@@ -5,6 +5,14 @@ one blank line per poll go to stdout, every per-process line and kill message to
 stderr (3.1).  It reads our stats segment (amavisd/stats.py) instead of nanny.db, so
 it needs only read access: a dead child's slot is freed by the master's fold, not by
 the nanny, and a "went away" slot is just not shown again.
+
+Beyond the Perl tool (docs/monitoring.md, "amavisd-nanny"): ``--busy-ttl`` and
+``--idle-ttl`` replace the hard-coded TTLs, ``--no-kill`` only reports children over
+their TTL, every kill is announced before the signal is sent, and ``-v`` appends each
+busy child's mail_id, state letter and time in that state to its line.  A SIGTERM is
+followed by a SIGCONT, as systemd does, so a stopped (SIGSTOPped, traced) child gets
+it at once instead of when someone continues it; the SIGKILL follow-up stays as in
+the Perl tool.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from typing import NamedTuple, TextIO
 
 from amavisd.constants import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, NANNY_LEGEND
 from amavisd.stats import DEFAULT_FILENAME, SlotInfo, StatsSegment, poll_segment
@@ -33,7 +41,8 @@ IDLE_TEMPLATE = ".........:.........:.........:....."
 BUSY_TEMPLATE = "=========:=========:=========:====="
 BAR_WIDTH = len(BUSY_TEMPLATE)
 
-#: Hard-coded time-to-live of an entry, measured from its nanny timestamp (3.3).
+#: Default time-to-live of an entry, measured from its nanny timestamp (3.3);
+#: the Perl tool hard-codes them, we take --idle-ttl / --busy-ttl.
 TTL_IDLE = 3 * 3600
 TTL_BUSY = 10 * 60
 
@@ -103,8 +112,14 @@ class Nanny:
                  clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep,
                  alive: Callable[[int], bool] = pid_alive,
-                 kill: Callable[[int, int], None] = os.kill) -> None:
+                 kill: Callable[[int, int], None] = os.kill,
+                 do_kill: bool = True, busy_ttl: float = TTL_BUSY,
+                 idle_ttl: float = TTL_IDLE, verbose: bool = False) -> None:
         self.path = path
+        self.do_kill = do_kill
+        self.busy_ttl = busy_ttl
+        self.idle_ttl = idle_ttl
+        self.verbose = verbose
         self.out = out
         self.err = err
         self.clock = clock
@@ -143,13 +158,18 @@ class Nanny:
                 self._history.pop(info.pid, None)
                 bar = idle_bar(age)
             shown = f"{format_age(age)} {bar}"
+            if self.verbose and info.busy:
+                shown += self.details(info, now)
+            kind, ttl = ("busy", self.busy_ttl) if info.busy else ("idle", self.idle_ttl)
             if not self.alive(info.pid):
                 self._say(f"PID {key}: {label:<11} went away {shown}")
                 self._gone.add(ident)
                 seen_gone.add(ident)
                 self._history.pop(info.pid, None)
-            elif age > (TTL_BUSY if info.busy else TTL_IDLE):
+            elif age > ttl and self.do_kill:
                 self._say(f"PID {key}: {label:<11} terminated {shown}")
+                self._say(f"PID {key}: {label:<11} over its {kind} TTL ({ttl:g} s), "
+                          "sending SIGTERM")
                 try:
                     self.kill(info.pid, signal.SIGTERM)
                 except ProcessLookupError:
@@ -157,14 +177,32 @@ class Nanny:
                 except OSError as exc:
                     self._say(f"PID {key}: {label:<11} cannot be killed: {exc.strerror}")
                     continue
+                else:
+                    try:                           # a stopped child gets SIGTERM only now
+                        self.kill(info.pid, signal.SIGCONT)
+                    except OSError:
+                        pass
                 terminated[info.pid] = label
             else:
                 self._say(f"PID {key}: {label:<11} {shown}")
+                if age > ttl:
+                    self._say(f"PID {key}: {label:<11} over its {kind} TTL ({ttl:g} s), "
+                              "not killed (--no-kill)")
         self._gone &= seen_gone                    # forget slots the master has folded
         live = {c.pid for c in children}
         for pid in [p for p in self._history if p not in live]:
             del self._history[pid]
         return terminated
+
+    @staticmethod
+    def details(info: SlotInfo, now: float) -> str:
+        """The ``-v`` suffix of a busy child: `` mail_id=<id> state=<letter> for <s>s``.
+
+        An unknown mail_id (none generated yet, or a writer without the field) or
+        state start shows as ``-``.
+        """
+        since = f"{max(0, int(now - info.state_since))}s" if info.state_since else "-"
+        return f" mail_id={info.mail_id or '-'} state={info.state or '-'} for {since}"
 
     def wait_for_kills(self, pending: dict[int, str]) -> None:
         """Wait for SIGTERMed children, SIGKILL after about 30 rounds (3.3).
@@ -214,43 +252,66 @@ class Nanny:
         poll_segment(self.path, count, wait, self.poll, self._say, self.sleep)
 
 
-def _parse_args(argv: Sequence[str]) -> tuple[int | None, float, str]:
-    opts, rest = getopt.getopt(list(argv), "c:w:d:", ["db-home="])
+class Options(NamedTuple):
+    count: int | None = None
+    wait: float = DEFAULT_WAIT
+    db_home: str = DEFAULT_DB_HOME
+    kill: bool = True
+    busy_ttl: float = TTL_BUSY
+    idle_ttl: float = TTL_IDLE
+    verbose: bool = False
+
+
+def _parse_args(argv: Sequence[str]) -> Options:
+    """-c and -w as in the Perl tool; the rest are our extensions."""
+    opts, rest = getopt.getopt(list(argv), "c:w:d:v", [
+        "db-home=", "kill", "no-kill", "busy-ttl=", "idle-ttl=", "verbose"])
     if rest:
         raise getopt.GetoptError(f"unexpected argument {rest[0]!r}")
-    count: int | None = None
-    wait = DEFAULT_WAIT
-    db_home = os.environ.get("AMAVISD_DB_HOME") or DEFAULT_DB_HOME
+    o = Options(db_home=os.environ.get("AMAVISD_DB_HOME") or DEFAULT_DB_HOME)
     for opt, value in opts:
         try:
             if opt == "-c":
                 count = int(value)
                 if count < 0:
                     raise ValueError(value)
+                o = o._replace(count=count)
             elif opt == "-w":
                 wait = float(value)
                 if not wait >= 0:
                     raise ValueError(value)
-            else:                                   # -d / --db-home: our extension
-                db_home = value
+                o = o._replace(wait=wait)
+            elif opt in ("--busy-ttl", "--idle-ttl"):
+                ttl = float(value)
+                if not 0 <= ttl < float("inf"):
+                    raise ValueError(value)
+                o = o._replace(**{opt[2:].replace("-", "_"): ttl})
+            elif opt in ("--kill", "--no-kill"):
+                o = o._replace(kill=opt == "--kill")
+            elif opt in ("-v", "--verbose"):
+                o = o._replace(verbose=True)
+            else:                                   # -d / --db-home
+                o = o._replace(db_home=value)
         except ValueError:
             raise getopt.GetoptError(f"bad value for {opt}: {value!r}") from None
-    return count, wait, db_home
+    return o
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run amavisd-nanny; returns the exit code (monitoring.md 3.1)."""
     args = sys.argv[1:] if argv is None else argv
     try:
-        count, wait, db_home = _parse_args(args)
+        o = _parse_args(args)
     except getopt.GetoptError:
         sys.stdout.write(legend())
         sys.stdout.flush()
         sys.stderr.write(USAGE + "\nexited\n")
         return EXIT_USAGE
-    nanny = Nanny(os.path.join(db_home, DEFAULT_FILENAME), sys.stdout, sys.stderr)
+    nanny = Nanny(os.path.join(o.db_home, DEFAULT_FILENAME), sys.stdout, sys.stderr,
+                  do_kill=o.kill, busy_ttl=o.busy_ttl, idle_ttl=o.idle_ttl,
+                  verbose=o.verbose)
     try:
-        nanny.run(count, wait)
+        nanny.run(o.count, o.wait)
     except KeyboardInterrupt:
         sys.stderr.write("exited\n")
         return EXIT_FAILURE

@@ -714,7 +714,8 @@ def send(msg: Message, view: Any, reactor: Any, *, per_recipient_capable: bool,
         log.error("NOTICE: UNABLE TO SEND DSN to <%s>: %s", msg.sender, reply)
         return DsnOutcome(0, dsn_plan, reply, dmsg)
 
-    d = forward(dmsg, dmsg.recipients, method, b"", 0, view, reactor, False, deadline)
+    d = forward(dmsg, dmsg.recipients, method, b"", 0, view, reactor, False, deadline,
+                submit="Dsn")
     return d.addCallback(done)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from twisted.internet import defer, endpoints, error, protocol
 from twisted.internet.task import LoopingCall
 
+from amavisd import stats
 from amavisd.errors import Reply
 from amavisd.message import ClientInfo, Message, Recipient
 from amavisd.protocols.smtp_client import (
@@ -161,13 +162,47 @@ def queued_as_from(mta_reply: str) -> str:
     return m.group(1) if m else mta_reply
 
 
+# --------------------------------------------------------------------------- counters
+
+#: ``<P>`` of ``OutMsgsProto<P>*`` by delivery-method scheme (monitoring.md 1.3).
+_PROTO = {"smtp": "SMTP", "lmtp": "LMTP", "bsmtp": "BSMTP", "pipe": "Pipe",
+          "local": "Local", "sql": "SQL"}
+
+
+def count_dispatch(scheme: str, size: int, submit: str | None,
+                   replies: Sequence[Reply | None]) -> None:
+    """The counters of one dispatch call (monitoring.md 1.3 "Outgoing mail").
+
+    ``submit`` is None for forwarded mail, else the ``<T>`` of mail amavis
+    originates (``Quar``, ``Dsn``...).  The outcome counters move once per
+    recipient reply of the call (2xx, 4xx, 5xx), as the relay path always did.
+    """
+    proto = _PROTO.get(scheme.lower(), scheme.capitalize())
+    if submit is None:
+        variants = ("", "Relay", f"Proto{proto}", f"Proto{proto}Relay")
+    else:
+        variants = ("", "Submit", f"Proto{proto}", f"Proto{proto}Submit", f"Submit{submit}")
+    stats.count_many([f"OutMsgs{v}" for v in variants])
+    stats.count_many([f"OutMsgsSize{v}" for v in variants], size)
+    for reply in replies:
+        if reply is None:
+            continue
+        if reply.is_ok:
+            stats.count("OutMsgsDelivers")
+        elif reply.is_tempfail:
+            stats.count("OutMsgsAttemptFails")
+        else:
+            stats.count("OutMsgsRejects")
+
+
 # --------------------------------------------------------------------------- entry point
 
 
 def forward(msg: Message, recipients: list[Recipient], method: str | list[str],
             header: bytes, body_offset: int, settings: Any, reactor: Any,
             per_recipient_capable: bool, deadline: float, *, clock: Any = None,
-            rng: random.Random | None = None) -> defer.Deferred[None]:
+            rng: random.Random | None = None, submit: str | None = None
+            ) -> defer.Deferred[None]:
     """Deliver ``msg`` to ``recipients`` by ``method``; set reply/done/queued_as on each.
 
     What is sent is ``header`` (the complete new header section from
@@ -178,6 +213,8 @@ def forward(msg: Message, recipients: list[Recipient], method: str | list[str],
 
     An empty method (or list of empties) means the AM.PDP client delivers: the
     recipients stay undone (spec 5.1).  Never fails: any bug becomes a 451.
+    ``submit`` names mail amavis originates (``Quar``, ``Dsn``) for the OutMsgs
+    counters; None is forwarded mail (``count_dispatch``).
     """
     methods = [method] if isinstance(method, str) else [m for m in method if m]
     if not recipients or not any(m.strip() for m in methods):
@@ -193,7 +230,11 @@ def forward(msg: Message, recipients: list[Recipient], method: str | list[str],
                                     f"FAILED: {failure.getErrorMessage()}")
         _fail_all([r for r in recipients if r.reply is None], reply, 1)
 
-    return d.addErrback(trouble)
+    def counted(_: Any) -> None:
+        scheme = methods[0].strip().partition(":")[0]
+        count_dispatch(scheme, msg.size, submit, [r.reply for r in recipients])
+
+    return d.addErrback(trouble).addCallback(counted)
 
 
 #: The new header section and the spool offset of the body (see ``forward``).
@@ -264,7 +305,11 @@ def _one_session(msg: Message, recipients: list[Recipient], methods: list[str],
             last = TransactionOutcome(m.mta_id, [r for r in proto.results],
                                       SessionError("connect", "fwd-connect", reason))
             continue
+        stats.count("OutConnNew")                 # no connection cache: one per session
         outcome = yield proto.result
+        stats.count("OutConnTransact")
+        if outcome.error is None:                 # a clean session ends with our QUIT
+            stats.count("OutConnQuit")
         if len(order) > 1:
             _last_good[tuple(methods)] = raw
         return outcome

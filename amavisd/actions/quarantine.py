@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from amavisd import stats
 from amavisd.config.lookup import lookup
 from amavisd.constants import (
     CC_BADH,
@@ -614,10 +615,28 @@ def quarantine(msg: Message, to_quarantine: Sequence[QuarantineRequest], setting
         else:
             raise TempFail(SECTION, f"quarantine method {request.method!r} needs "
                                     "quarantine_async")
+        from amavisd.actions.forward import count_dispatch
+
+        count_dispatch(scheme, msg.size, "Quar", [result.reply])
+        count_result(msg, result)
         _check(result)
         results.append(result)
         record(msg, result)
     return results
+
+
+def count_result(msg: Message, result: QuarantineResult) -> None:
+    """The quarantine counters of one attempt (monitoring.md 1.3 "Quarantine")."""
+    stats.count("QuarMsgs")
+    stats.count("QuarMsgsSize", msg.size)
+    if result.reply.is_ok:
+        cats = list(dict.fromkeys(result.request.categories))
+        stats.count_many([f"QuarMsgs{c}" for c in cats])
+        stats.count_many([f"QuarMsgsSize{c}" for c in cats], msg.size)
+    elif result.reply.is_tempfail:
+        stats.count("QuarAttemptTempFails")
+    else:
+        stats.count("QuarAttemptFails")
 
 
 def _check(result: QuarantineResult) -> None:
@@ -981,13 +1000,14 @@ def quarantine_async(msg: Message, to_quarantine: Sequence[QuarantineRequest], s
             header = quarantine_header(msg, request, settings, scheme=scheme,
                                        facts_for=facts_for).replace(b"\n", b"\r\n")
             yield forward(qmsg, qmsg.recipients, request.method, header, 0, settings,
-                          reactor, False, deadline)
+                          reactor, False, deadline, submit="Quar")
             replies = [r.reply for r in qmsg.recipients if r.reply is not None]
             bad = [r for r in replies if not r.is_ok]
             reply = bad[0] if bad else (replies[0] if replies else Reply(250, "2.6.0", "Ok"))
             qtype = {"smtp": "M", "lmtp": "L"}.get(scheme, "?")
             locations = [q for q in request.to] if not bad else []
             result = QuarantineResult(request, reply, locations, qtype)
+            count_result(msg, result)
             _check(result)
             results.append(result)
             record(msg, result)

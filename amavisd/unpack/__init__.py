@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from amavisd import stats
 from amavisd.checks.filetype import type_part
 from amavisd.message import Message
 from amavisd.mime.walk import mime_walk
@@ -72,6 +73,7 @@ def decode_message(msg: Message, parts_dir: Path, limits: DecodeLimits, *,
     """
     tree = PartsTree(folder=parts_dir)
     start = clock()
+    stats.count("OpsDecByMimeParser")
     issued = mime_walk(msg.spool_path, tree, parts_dir, max_files=limits.max_files,
                        max_depth=limits.max_mime_depth)
     size = msg.size or _file_size(msg.spool_path)
@@ -160,15 +162,38 @@ def decode_parts(issued: list[Part], ctx: DecodeContext,
         depth += 1
 
 
+#: ``OpsDecBy<name>`` of each decoder routine, and whether amavis counts an
+#: ``...Attempt`` before running it and the plain name only on success
+#: (monitoring.md 1.3: Attempt variants for ArZip, 7z, rar, lha, arj).  Where amavis
+#: names the counter after the external program we name it after the program
+#: amavis would run for that type.
+OPS_DEC_BY: dict[str, tuple[str, bool]] = {
+    "do_uncompress": ("Uncompress", False), "do_gunzip": ("Zlib", False),
+    "do_bunzip2": ("Bzip2", False), "do_unxz": ("Xz", False), "do_unlzma": ("Lzma", False),
+    "do_unlzop": ("Lzop", False), "do_unlz4": ("Lz4", False),
+    "do_rpm2cpio": ("Rpm2cpio", False), "do_tar": ("Tar", False), "do_cpio": ("Pax", False),
+    "do_ar": ("Ar", False), "do_unrar": ("Unrar", True), "do_unarj": ("Arj", True),
+    "do_cabextract": ("Cabextract", False), "do_unzip": ("ArZip", True),
+    "do_7zip": ("7z", True), "do_lha": ("Lha", True), "do_iso": ("7z", True),
+    "do_executable": ("Executable", False), "do_unzstd": ("Zstd", False),
+}
+
+
 def _decompose_part(part: Part, ctx: DecodeContext, table: list[DecoderEntry],
                     keep: list[re.Pattern[str]]) -> None:
     """Run the first matching decoder on one part; limits become the hold (section 6.4)."""
     if not part.type_short:
         return
+    stats.count("OpsDecType-" + ".".join(part.type_short))
     entry = pick_decoder(part.type_short, table)
     if entry is None:
         return
     tree = ctx.tree
+    by, attempt = OPS_DEC_BY.get(entry.name, (entry.name.removeprefix("do_").capitalize(), False))
+    if attempt:
+        stats.count(f"OpsDecBy{by}Attempt")
+    else:
+        stats.count(f"OpsDecBy{by}")
     try:
         ctx.check_time()
         status = entry.func(part, ctx)
@@ -187,6 +212,8 @@ def _decompose_part(part: Part, ctx: DecodeContext, table: list[DecoderEntry],
         log.error("Decoding of %s (%s) failed, leaving it unpacked: %s",
                   part.base_name, part.type_long, exc, exc_info=exc)
         return
+    if attempt and status:
+        stats.count(f"OpsDecBy{by}")
     if status == 1 and part.type_long and any(p.search(part.type_long) for p in keep):
         status = 2                            # @keep_decoded_original_maps
     if status == 1 and part.path is not None:
