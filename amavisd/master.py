@@ -22,7 +22,7 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from amavisd import sockets
 from amavisd.constants import EXIT_BOOT_FAILED, EXIT_FAILURE, EXIT_OK
@@ -62,7 +62,6 @@ class Worker:
 class SlotMemo:
     last_exit: float = 0.0
     crashed: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 def preimport() -> None:
@@ -339,7 +338,8 @@ class Master:
         self.segment.fold(worker.slot)
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
-            memo.crashed = sig not in (signal.SIGTERM,) or self.mood is Mood.RUNNING
+            # a signal we did not send while running is a crash: pause before refilling
+            memo.crashed = self.mood is Mood.RUNNING and not worker.retiring
             hint = " Perhaps out of memory?" if sig == signal.SIGKILL and not worker.killed else ""
             log.warning("child [%d] in slot %d ended by signal %d.%s", worker.pid,
                         worker.slot, sig, hint)
