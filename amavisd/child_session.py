@@ -160,11 +160,17 @@ class AmpdpSession:
         self.ended = False
         self.started = time.monotonic()
 
-    def request_started(self) -> str:
+    def request_started(self, tempdir: str | None) -> str:
+        """The log id's prefix comes from the tempdir name when it has one (1.8)."""
+        from amavisd.protocols.ampdp import log_id_prefix
+
         self.requests += 1
         self.child.tasks += 1
         self.started = time.monotonic()
         self.log_id = ids.log_id(os.getpid(), self.child.connections, self.requests)
+        prefix = log_id_prefix(tempdir)
+        if prefix is not None:
+            self.log_id = prefix + self.log_id[len(f"{os.getpid():05d}"):]
         amavis_log.set_task_id(self.log_id)
         self.child._set_title(f"ch{self.child.connections}-{self.log_id}")
         return self.log_id

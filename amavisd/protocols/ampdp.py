@@ -71,8 +71,8 @@ class AmpdpHandler(TypingProtocol):
     myhome: str
     timeout: float
 
-    def request_started(self) -> str:
-        """Count the task and return its log id."""
+    def request_started(self, tempdir: str | None) -> str:
+        """Count the task and return its log id (from the tempdir name, section 1.8)."""
 
     def request_view(self, client_addr: str | None, banks: list[str]) -> BankView:
         """The bank view of one request: client-IP banks, then ``banks`` (4.3)."""
@@ -128,6 +128,14 @@ def failure_reply(reason: str) -> bytes:
     return (encode_line("setreply", "450", "4.5.0", f"Failure: {reason}")
             + encode_line("return_value", "tempfail")
             + encode_line("exit_code", str(EX_TEMPFAIL)) + b"\r\n")
+
+
+def log_id_prefix(tempdir: str | None) -> str | None:
+    """``amavis-pdp1`` or ``amavis-milter-pdp1`` gives ``pdp1`` (section 1.8)."""
+    if not tempdir:
+        return None
+    m = re.fullmatch(r"amavis-(?:milter-)?([A-Za-z0-9_.+-]+)", tempdir.rstrip("/").rsplit("/")[-1])
+    return m.group(1) if m else None
 
 
 def _strip_brackets(addr: str) -> str:
@@ -372,7 +380,7 @@ class AMPDPServer(Protocol):
 
     def _am_pdp(self, request: Request) -> None:
         try:
-            log_id = self.handler.request_started()
+            log_id = self.handler.request_started(request.get("tempdir"))
         except Exception as exc:
             log.exception("TROUBLE starting an AM.PDP request")
             self._write(failure_reply(str(exc)))

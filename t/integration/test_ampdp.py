@@ -8,8 +8,13 @@ the response up to the empty line.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import socket
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from t.integration.conftest import wait_for
 from t.integration.test_golden import PROFILE_PASS
@@ -71,6 +76,7 @@ def test_clean_message_continue(amavisd, sink, tmp_path):
     daemon, path = start(amavisd, tmp_path, "X_HEADER_LINE = 'Debian amavis at anchor.test'")
     attrs, tempdir = submit(path, tmp_path, "pdp1", CLEAN, ["bob@anchor.test"])
     log_id = attrs["log_id"][0]
+    assert log_id.startswith("pdp1-")              # from the tempdir name (spec 1.8)
     assert attrs["version_server"] == ["2"]
     assert attrs["setreply"] == [f"250 2.5.0 Ok,%20id={log_id},%20continue%20delivery"]
     assert attrs["return_value"] == ["continue"]
@@ -127,3 +133,39 @@ def test_mixed_with_header_edits(amavisd, sink, tmp_path):
     assert ins[0].startswith("0 X-Amavis-Alert BANNED,%20message%20contains"), ins
     assert ins[-1].startswith("0 X-Quarantine-ID <")     # emitted last: ends up topmost
     assert not any(" Received " in x for x in ins)
+
+
+SUBMIT = Path("/usr/sbin/amavisd-submit")
+
+
+@pytest.mark.skipif(not SUBMIT.exists() or not shutil.which("perl"),
+                    reason="Debian's amavisd-submit (amavisd-new package) is not installed")
+def test_debian_amavisd_submit(amavisd, sink, tmp_path):
+    """Debian's Perl client (7.1), socket and tempbase edited, run as nobody."""
+    profile = PROFILE_PASS.replace("final_banned_destiny = D_DISCARD",
+                                   "final_banned_destiny = D_REJECT")
+    daemon, path = start(amavisd, tmp_path, profile)
+    tempbase = tmp_path / "home" / "tmp"
+    script = SUBMIT.read_text()
+    script = script.replace("$socketname = '/var/lib/amavis/amavisd.sock';",
+                            f"$socketname = '{path}';")
+    script = script.replace("$tempbase = '/var/lib/amavis/tmp';", f"$tempbase = '{tempbase}';")
+    copy = tmp_path / "amavisd-submit"
+    copy.write_text(script)
+    os.chmod(copy, 0o755)
+
+    def run(data: bytes) -> subprocess.CompletedProcess:
+        return subprocess.run(["perl", "-T", str(copy), "alice@anchor.test",
+                               "bob@anchor.test"], input=data, capture_output=True,
+                              timeout=60, user="nobody", group="nogroup", cwd="/")
+
+    clean = run(CLEAN)
+    assert clean.returncode == 0, clean.stderr
+    banned = run(EXE)
+    assert banned.returncode == 69, banned.stderr
+    assert b"554 5.7.0 Reject, id=" in banned.stderr
+    assert b"BANNED: application/octet-stream," in banned.stderr
+    assert sink.messages == []
+    # the server removed the client's dirs (the children's own have a timestamp and pid)
+    left = [p.name for p in tempbase.iterdir() if re.fullmatch(r"amavis-\w{10}", p.name)]
+    assert left == []

@@ -36,7 +36,7 @@ class FakeHandler:
         self.ended = False
         self.fail: Exception | None = None
 
-    def request_started(self) -> str:
+    def request_started(self, tempdir) -> str:
         self.n += 1
         return f"pdp-{self.n:02d}"
 
@@ -98,6 +98,13 @@ def request(tempdir: Path, *rcpts: str, extra: str = "", eol: str = "\r\n") -> s
              "sender=<alice@x.test>"] + [f"recipient=<{r}>" for r in rcpts]
     lines += [x for x in extra.split("\n") if x]
     return eol.join(lines) + eol + eol
+
+
+def test_log_id_prefix():
+    assert ampdp.log_id_prefix("/var/lib/amavis/tmp/amavis-pdp1") == "pdp1"
+    assert ampdp.log_id_prefix("/var/lib/amavis/tmp/amavis-milter-Xy_1/") == "Xy_1"
+    assert ampdp.log_id_prefix("/var/lib/amavis/tmp/other") is None
+    assert ampdp.log_id_prefix(None) is None
 
 
 def test_codec():
