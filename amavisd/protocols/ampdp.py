@@ -295,6 +295,7 @@ class AMPDPServer(Protocol):
         self._busy = False
         self._closed = False
         self._timer: Any = None
+        self._shutdown = False
 
     # -- connection -----------------------------------------------------------------
     def connectionMade(self) -> None:
@@ -311,6 +312,7 @@ class AMPDPServer(Protocol):
 
     def graceful_shutdown(self, reason: str = "") -> None:
         """Close when idle; a request in progress is answered first."""
+        self._shutdown = True
         if not self._busy:
             self.transport.loseConnection()
 
@@ -432,6 +434,9 @@ class AMPDPServer(Protocol):
             return
         self._write(data)
         self._request_ended()
+        if self._shutdown:
+            self.transport.loseConnection()
+            return
         self.transport.resumeProducing()
         self._arm_timer()
         self._process_input()

@@ -255,3 +255,15 @@ def test_timeout_closes(env):
     server._reactor.advance(61)
     assert transport.disconnecting
     assert os.path.isdir(tempdir)
+
+
+def test_graceful_shutdown_answers_first(env):
+    server, transport, handler, tempdir = env
+    pending = defer.Deferred()
+    handler.process = lambda msg, view: pending
+    server.dataReceived(request(tempdir, "bob@x.test").encode())
+    server.graceful_shutdown("TERM")
+    assert not transport.disconnecting
+    pending.callback(None)
+    assert b"return_value=continue" in transport.value()
+    assert transport.disconnecting
