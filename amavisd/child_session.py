@@ -65,6 +65,13 @@ class SessionFactory(ServerFactory):
             handler.server = server
             child.session_opened(server)
             return server
+        if protocol == "AM.PDP":
+            from amavisd.protocols.ampdp import AMPDPServer
+
+            session = AmpdpSession(child, view)
+            server = AMPDPServer(session, reactor=child.reactor)
+            child.session_opened(server)
+            return server
         log.error("TROUBLE in process_request: protocol %s is not available in this "
                   "version (on %s)", protocol, self.spec.label)
         child.connection_refused(self.port)
@@ -131,6 +138,59 @@ class SmtpSession:
         if msg is not None:
             self.child.stats.set_state(ST_IDLE, None)
             self.child._set_title(f"ch{self.child.connections}-{self.log_id}-idle")
+
+    def session_ended(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        self.child.session_closed()
+
+
+class AmpdpSession:
+    """The ``AmpdpHandler`` of one AM.PDP connection (spec/protocols.md section 4)."""
+
+    def __init__(self, child, view: BankView) -> None:
+        self.child = child
+        self.baseline = view
+        self.requests = 0
+        self.log_id = ""
+        self.tempbase = str(child.config.TEMPBASE or "")
+        self.myhome = str(child.config.MYHOME or "")
+        self.timeout = float(view.smtpd_timeout or 0)
+        self.ended = False
+        self.started = time.monotonic()
+
+    def request_started(self, tempdir: str | None) -> str:
+        """The log id's prefix comes from the tempdir name when it has one (1.8)."""
+        from amavisd.protocols.ampdp import log_id_prefix
+
+        self.requests += 1
+        self.child.tasks += 1
+        self.started = time.monotonic()
+        self.log_id = ids.log_id(os.getpid(), self.child.connections, self.requests)
+        prefix = log_id_prefix(tempdir)
+        if prefix is not None:
+            self.log_id = prefix + self.log_id[len(f"{os.getpid():05d}"):]
+        amavis_log.set_task_id(self.log_id)
+        self.child._set_title(f"ch{self.child.connections}-{self.log_id}")
+        return self.log_id
+
+    def request_view(self, client_addr: str | None, banks: list[str]) -> BankView:
+        """originating=1, then client-IP banks, then the request's banks (4.3)."""
+        view = self.baseline.copy()
+        view.set("originating", True)
+        load_client_ip_banks(view, client_addr)
+        for bank in banks:
+            view.load(bank)                  # unknown banks are silently ignored
+        return view
+
+    def process(self, msg: Message, view: BankView) -> defer.Deferred:
+        msg.rx_start = self.started
+        return defer.maybeDeferred(self.child.pipeline.process, msg, view)
+
+    def request_ended(self) -> None:
+        self.child.stats.set_state(ST_IDLE, None)
+        self.child._set_title(f"ch{self.child.connections}-{self.log_id}-idle")
 
     def session_ended(self) -> None:
         if self.ended:

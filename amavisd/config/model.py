@@ -150,6 +150,10 @@ class BankView:
     def banks(self) -> list[str]:
         return list(self._path)
 
+    def set(self, name: str, value: Any) -> None:
+        """Override one bank setting in this view only (AM.PDP: forward_method, originating)."""
+        self._over[canonical(name) or name] = value
+
     def copy(self) -> BankView:
         clone = BankView(self._config, [])
         clone._over = dict(self._over)
