@@ -82,18 +82,24 @@ def test_showconfig_names_origins(tmp_path):  # noqa: F811
     assert "$child_timeout = 480;  # default" in out.stdout
 
 
-def test_start_reload_stop_through_the_pid_file(tmp_path):  # noqa: F811
-    """start daemonizes and writes the pid file; a second start refuses; reload is HUP;
-    stop terminates; stop again says it is not running (protocols.md 1.7, 10)."""
+def daemon_config(folder):
+    """MYHOME (owned by nobody) and a root-owned config with a pid file; (home, conf)."""
     port = free_port()
-    home = tmp_path / "home"
+    home = folder / "home"
     (home / "tmp").mkdir(parents=True)
     for path in (home, home / "tmp"):
         os.chown(path, 65534, 65534)
-    conf = tmp_path / "amavisd.conf"
-    conf.write_text(base_config(tmp_path, port, "smtp:[127.0.0.1]:9")
+    conf = folder / "amavisd.conf"
+    conf.write_text(base_config(folder, port, "smtp:[127.0.0.1]:9")
                     + f"pid_file = {str(home / 'amavisd.pid')!r}\n")
     os.chmod(conf, 0o644)
+    return home, conf
+
+
+def test_start_reload_stop_through_the_pid_file(tmp_path):  # noqa: F811
+    """start daemonizes and writes the pid file; a second start refuses; reload is HUP;
+    stop terminates; stop again says it is not running (protocols.md 1.7, 10)."""
+    home, conf = daemon_config(tmp_path)
     out = run("-c", str(conf), "start")
     assert out.returncode == 0, out.stdout + out.stderr
     pid_file = home / "amavisd.pid"
@@ -132,15 +138,7 @@ def test_hup_right_after_start_does_not_kill_the_master(tmp_path):  # noqa: F811
     (default action); signals are now blocked from the pid file's creation on."""
     import signal
 
-    port = free_port()
-    home = tmp_path / "home"
-    (home / "tmp").mkdir(parents=True)
-    for path in (home, home / "tmp"):
-        os.chown(path, 65534, 65534)
-    conf = tmp_path / "amavisd.conf"
-    conf.write_text(base_config(tmp_path, port, "smtp:[127.0.0.1]:9")
-                    + f"pid_file = {str(home / 'amavisd.pid')!r}\n")
-    os.chmod(conf, 0o644)
+    home, conf = daemon_config(tmp_path)
     assert run("-c", str(conf), "start").returncode == 0
     pid_file = home / "amavisd.pid"
     deadline = time.monotonic() + 20
