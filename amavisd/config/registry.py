@@ -460,6 +460,60 @@ setting("viruses_that_fake_sender_maps", [1], t.sequence, BANK,
 setting("dsn_return_full_message", 1, t.boolean, BANK,
         "RET=FULL returns the whole message in a DSN (amavis returns only the header).")
 
+setting("hdrfrom_notify_recip", None, t.string, BANK,
+        "From of recipient notices and the Resent-From of released mail "
+        "(default like hdrfrom_notify_sender).")
+
+# ---------------------------------------------------------------- release
+section("release")
+setting("auth_required_release", 1, t.boolean, BANK,
+        "A release/requeue/report request must carry the message's secret_id.")
+setting("release_format", "resend", t.choice("resend", "attach", "plain", "arf", "dsn"), BANK,
+        "How released mail is sent: resend (the original with Resent-* fields) or wrapped.")
+setting("report_format", "arf", t.choice("resend", "attach", "plain", "arf", "dsn"), BANK,
+        "How 'report' requests are sent.")
+setting("attachment_password", None, t.string, BANK,
+        "Password of the zip a released message is wrapped in (attach format).")
+setting("attachment_outer_name", "msg-%m.zip", t.string, BANK,
+        "Name of the zip attachment (attach format).")
+setting("attachment_email_name", "msg-%m.eml", t.string, BANK,
+        "Name of the message inside the attachment (attach format).")
+
+# ---------------------------------------------------------------- sql
+section("sql")
+setting("lookup_sql_dsn", [], t.sequence, GLOBAL,
+        "SQL lookups (users, policy, wblist, mailaddr): [dsn, user, password] entries, "
+        "tried in order.", sigil="@")
+setting("storage_sql_dsn", [], t.sequence, GLOBAL,
+        "SQL logging and sql: quarantine (msgs, msgrcpt, maddr, quarantine): "
+        "[dsn, user, password] entries.", sigil="@")
+setting("sql_clause", {}, t.mapping, GLOBAL,
+        "Overrides of the SQL statements by name (sel_policy, sel_wblist, ins_msg, ...).",
+        sigil="%")
+setting("sql_select_policy", None, t.string, GLOBAL,
+        "Legacy name of $sql_clause{sel_policy}.")
+setting("sql_select_white_black_list", None, t.string, GLOBAL,
+        "Legacy name of $sql_clause{sel_wblist}.")
+setting("sql_quarantine_chunksize_max", 16384, t.integer(1), GLOBAL,
+        "Bytes per row of the quarantine table.")
+setting("sql_store_info_for_all_msgs", 1, t.boolean, GLOBAL,
+        "Write msgs/msgrcpt rows for every message (0: only quarantined ones).")
+setting("sql_allow_8bit_address", None, t.boolean, GLOBAL,
+        "Store and look up non-ASCII addresses as they are (otherwise 8-bit chars become ?).")
+setting("timestamp_fmt_mysql", None, t.boolean, GLOBAL,
+        "Write msgs.time_iso in MySQL's format (YYYYMMDDTHHMMSS without a Z).")
+setting("sql_schema_version", 2.013, t.number, GLOBAL,
+        "Schema generation of the storage tables (below 2.007: no 2.7 columns).")
+setting("sql_lookups_no_at_means_domain", 0, t.boolean, GLOBAL,
+        "A users.email without @ is a domain, not a local mailbox.")
+setting("lookup_maps_imply_sql_and_ldap", 1, t.boolean, GLOBAL,
+        "Put the SQL field lookups in front of the per-recipient maps when SQL lookups are on.")
+setting("database_sessions_persistent", 1, t.boolean, GLOBAL,
+        "Keep each child's SQL connection open between messages.")
+setting("partition_tag", None, t.anything, BANK,
+        "Value of the partition_tag column of the storage tables (also a lookup table).",
+        aliases=("sql_partition_tag",))
+
 # ---------------------------------------------------------------- logging
 section("logging")
 setting("log_level", 0, t.integer(-5, 5), BANK, "Verbosity 0-5 (-d on the command line).")
