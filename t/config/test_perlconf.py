@@ -157,12 +157,13 @@ def test_debian_config_values():
     assert config.QUARANTINEDIR == "/var/lib/amavis/virusmails"
     assert config.unix_socketname == "/var/lib/amavis/amavisd.sock"
     assert config.interface_policy == {"SOCK": "AM.PDP-SOCK"}
-    assert config.policy_bank["AM.PDP-SOCK"] == {"protocol": "AM.PDP"}
+    assert config.policy_bank["AM.PDP-SOCK"] == {"protocol": "AM.PDP",
+                                                 "auth_required_release": False}
     assert config.DO_SYSLOG is True
     assert config.origin("MYHOME") == "/usr/share/amavis/conf.d/10-debian_scripts:18"
     assert config.origin("inet_socket_port").startswith("/etc/amavis/conf.d/20-debian_defaults:")
     accepted = config.accepted_not_implemented
-    assert "policy_bank[AM.PDP-SOCK][auth_required_release]" in accepted
+    assert "policy_bank[AM.PDP-SOCK][auth_required_release]" not in accepted
     assert "notify_sender_templ" in accepted and "av_scanners" not in accepted
     assert config.final_virus_destiny == D_DISCARD        # Debian's 20-debian_defaults
     assert config.origin("final_virus_destiny").startswith("/etc/amavis/conf.d/20-debian")
