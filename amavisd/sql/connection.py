@@ -186,8 +186,11 @@ class Database:
         """The open connection, made now if this process has none."""
         if self._conn is not None and self._pid == os.getpid() and not self._conn.closed:
             return self._conn
-        if self._pid != os.getpid():
-            self._conn = None                     # the parent's: never touch it
+        if self._pid != os.getpid() and self._conn is not None:
+            # the parent's: finalising it would send the server a Terminate message
+            # on the parent's socket, so it is parked for the life of this process
+            _inherited.append(self._conn)
+            self._conn = None
         self._conn = self._connect()
         self._pid = os.getpid()
         return self._conn
@@ -200,6 +203,10 @@ class Database:
                 conn.close()
             except Exception:              # noqa: BLE001 - already broken; nothing to save
                 pass
+
+    def close(self) -> None:
+        """Close for good (tests, shutdown); a later use would reconnect."""
+        self.drop()
 
     def end_of_task(self) -> None:
         """Between messages: keep the connection unless ``$database_sessions_persistent`` is 0."""
@@ -252,6 +259,7 @@ class Database:
 
 
 _databases: dict[str, Database] = {}
+_inherited: list[Any] = []
 
 
 def database(config: Any, purpose: str) -> Database | None:
