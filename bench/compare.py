@@ -11,11 +11,16 @@ ours/Perl per cell) to stdout; progress goes to stderr.
     python bench/compare.py --skip-perl        # only our daemon
     python bench/compare.py --profile clamd    # + virus scan (the anchor's clamd, both sides)
     python bench/compare.py --profile full --sizes 4k --count-4k 120   # + spam checks
+    python bench/compare.py --profile sql      # pass + SQL logging on PostgreSQL, both sides
 
 Profiles as in the anchor: ``pass`` (no scanners), ``clamd`` (virus scan with the anchor's
 private clamd, which both daemons ask), ``full`` (clamd + SpamAssassin: Perl loads it in
 its children, ours asks a private spamd that this script starts, 2 children, local tests
-only; its memory is sampled during our runs and reported next to our children's).
+only; its memory is sampled during our runs and reported next to our children's), ``sql``
+(``pass`` plus ``@storage_sql_dsn`` on the local PostgreSQL, database ``test``: each side
+writes msgs/msgrcpt/maddr rows into its own fresh schema, ``amavis_bench_perl`` and
+``amavis_bench_ours``, made from sql/schema-pg.sql; the Perl side needs DBD::Pg, Debian's
+libdbd-pg-perl; after each side the rows are counted against the messages sent).
 
 Sink: both daemons forward to OUR sink (bench/sink.py) on 127.0.0.1:31025, the port the
 anchor's Perl config forwards to; the anchor's own smtp-sink must not be running (the
@@ -54,7 +59,8 @@ OURS_PORT = 32024
 PERL_PIDFILE = "/tmp/anchor-amavis.pid"
 OURS_HOME = "/tmp/amavisd-bench"
 ANCHOR_COPY = Path("/tmp/anchor")
-PROFILES = ("pass", "clamd", "full")
+PROFILES = ("pass", "clamd", "full", "sql")
+PG = {"host": "127.0.0.1", "port": 5432, "dbname": "test", "user": "postgres"}
 SPAMD = "/usr/sbin/spamd"
 SPAMD_PORT = 32783          # must match spamd_address in bench/conf/amavisd-full.conf
 SPAMD_USER = "amavis"       # as the Perl children that run SpamAssassin in process
@@ -63,7 +69,59 @@ SPAMD_HOME = "/tmp/amavisd-bench-spamd"
 
 
 def ours_conf(profile: str) -> Path:
+    if profile == "sql":
+        return SQL_WORK / "amavisd-sql.conf"
     return BENCH / "conf" / f"amavisd-{profile}.conf"
+
+
+# ------------------------------------------------------------------------------ sql profile
+SQL_WORK = Path("/tmp/amavisd-bench-sql")
+
+
+def sql_dsn(schema: str) -> str:
+    return (f"DBI:Pg:dbname={PG['dbname']};host={PG['host']};port={PG['port']};"
+            f"options=-csearch_path={schema}")
+
+
+def sql_reset(schema: str) -> None:
+    """A fresh schema with the amavis tables (psql, so the bench needs no driver)."""
+    ddl = (REPO / "sql" / "schema-pg.sql").read_text()
+    script = f"DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};\n" \
+             f"SET search_path TO {schema};\n{ddl}"
+    subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", "-h", PG["host"], "-p",
+                    str(PG["port"]), "-U", PG["user"], "-d", PG["dbname"]],
+                   input=script, text=True, check=True, capture_output=True)
+
+
+def sql_counts(schema: str) -> str:
+    """Rows written by one side: finished msgs (content set), msgrcpt, maddr."""
+    query = (f"SELECT (SELECT count(*) FROM {schema}.msgs WHERE content IS NOT NULL),"
+             f" (SELECT count(*) FROM {schema}.msgs),"
+             f" (SELECT count(*) FROM {schema}.msgrcpt), (SELECT count(*) FROM {schema}.maddr)")
+    r = subprocess.run(["psql", "-At", "-h", PG["host"], "-p", str(PG["port"]), "-U",
+                        PG["user"], "-d", PG["dbname"], "-c", query],
+                       text=True, capture_output=True, check=False)
+    done, total, rcpt, addr = (r.stdout.strip() or "?|?|?|?").split("|")
+    return f"msgs {done} finished of {total}, msgrcpt {rcpt}, maddr {addr}"
+
+
+def sql_prepare() -> str:
+    """Config files of both sides for the sql profile; returns Perl's extra amavisd args."""
+    SQL_WORK.mkdir(parents=True, exist_ok=True)
+    os.chmod(SQL_WORK, 0o755)
+    perl_conf = SQL_WORK / "perl-sql.conf"
+    perl_conf.write_text("use strict;\n# bench/compare.py profile sql: SQL logging\n"
+                         f"@storage_sql_dsn = (['{sql_dsn('amavis_bench_perl')}', "
+                         f"'{PG['user']}', '']);\n"
+                         "# bytea email columns (sql/schema-pg.sql): README.sql-pg asks for this\n"
+                         "$sql_allow_8bit_address = 1;\n1;\n")
+    ours = (BENCH / "conf" / "amavisd-pass.conf").read_text()
+    ours_conf("sql").write_text(ours + "\n# bench/compare.py profile sql: SQL logging\n"
+                                f"storage_sql_dsn = [[{sql_dsn('amavis_bench_ours')!r}, "
+                                f"{PG['user']!r}, '']]\nsql_allow_8bit_address = 1\n")
+    for path in (perl_conf, ours_conf("sql")):
+        os.chmod(path, 0o644)
+    return f"-c {perl_conf}"
 
 
 def log(msg: str) -> None:
@@ -189,9 +247,15 @@ class PerlDaemon:
         self.profile = profile
 
     def start(self) -> int:
-        r = subprocess.run([str(self.anchor / "amavisd.sh"), "start", self.profile,
+        env = dict(os.environ)
+        profile = self.profile
+        if profile == "sql":            # the anchor has no such profile: pass + our file
+            profile = "pass"
+            sql_reset("amavis_bench_perl")
+            env["AMAVISD_EXTRA_ARGS"] = sql_prepare()
+        r = subprocess.run([str(self.anchor / "amavisd.sh"), "start", profile,
                             str(self.max_servers)], capture_output=True, text=True,
-                           check=False)
+                           check=False, env=env)
         out = (r.stdout + r.stderr).strip()
         log("perl: " + out.replace("\n", " | "))
         if r.returncode or not port_open(self.port):
@@ -234,11 +298,15 @@ class OurDaemon:
     def __init__(self, cmd: list[str], max_servers: int, work: Path,
                  profile: str = "pass", extra_mem: int | None = None) -> None:
         self.cmd = cmd + ["-c", str(ours_conf(profile)), "-m", str(max_servers), "foreground"]
+        self.profile = profile
         self.extra_mem = extra_mem      # pid of spamd: its tree is sampled during our runs
         self.work = work
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> int:
+        if self.profile == "sql":
+            sql_reset("amavis_bench_ours")
+            sql_prepare()
         shutil.rmtree(OURS_HOME, ignore_errors=True)
         for d in (OURS_HOME, OURS_HOME + "/tmp", OURS_HOME + "/db"):
             os.makedirs(d, exist_ok=True)
@@ -617,15 +685,17 @@ def main(argv: list[str] | None = None) -> int:
     log(f"profile {args.profile}; machine: {load}")
     results: list[dict] = []
     skipped: list[str] = []
+    sql_rows: list[tuple[str, str]] = []
     failed = False
     anchor: Path | None = None
     clamd: Clamd | None = None
-    if not args.skip_perl or args.profile != "pass":
+    needs_clamd = args.profile in ("clamd", "full")
+    if not args.skip_perl or needs_clamd:
         anchor = prepare_anchor(Path(args.anchor))
-        if anchor is None and args.profile != "pass":
+        if anchor is None and needs_clamd:
             log(f"profile {args.profile} needs the anchor's clamd: no anchor, giving up")
             return 2
-    if args.profile != "pass":
+    if needs_clamd:
         clamd = Clamd(anchor)
         try:
             clamd.start()
@@ -651,6 +721,8 @@ def main(argv: list[str] | None = None) -> int:
                     run_matrix(perl, perl.start(), args, sink, results)
                 finally:
                     perl.stop()
+                    if args.profile == "sql":
+                        sql_rows.append(("Perl", sql_counts("amavis_bench_perl")))
         if args.skip_ours:
             skipped.append("ours (--skip-ours)")
         else:
@@ -674,6 +746,8 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     if ours:
                         ours.stop()
+                        if args.profile == "sql":
+                            sql_rows.append(("ours", sql_counts("amavis_bench_ours")))
                     if spamd:
                         spamd.stop()
     finally:
@@ -689,6 +763,9 @@ def main(argv: list[str] | None = None) -> int:
           f"max_servers {args.max_servers}{spam_note}; machine at start: {load}; "
           "medians; ratio = ours/Perl -->")
     print(table(results, args))
+    if args.profile == "sql":
+        print("\nSQL rows after each side (every message sent must have a finished msgs row): "
+              + "; ".join(f"{who}: {rows}" for who, rows in sql_rows))
     if skipped:
         print("\nNot measured: " + "; ".join(skipped))
     bad = failed or any(r["rc"] for r in results)
