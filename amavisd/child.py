@@ -20,6 +20,7 @@ import signal
 import time
 
 from amavisd import log as amavis_log
+from amavisd import sockets
 from amavisd.config.model import BankView
 from amavisd.constants import (
     EXIT_OK,
@@ -94,6 +95,9 @@ class Child:
         from amavisd.pipeline import Pipeline
 
         self.pipeline = Pipeline(self.config, self.stats, reactor, self.tempdir)
+        from amavisd.sql.lookup import activate
+
+        activate(self.config)      # SQL fields answer from this child's config (not a reload's)
         self._adopt_ports()
         from twisted.internet.task import LoopingCall
 
@@ -119,7 +123,7 @@ class Child:
 
         for spec in self.specs:
             factory = SessionFactory(self, spec)
-            port = self.reactor.adoptStreamPort(spec.sock.fileno(), spec.family, factory)
+            port = sockets.adopt_port(self.reactor, spec, factory)   # keeps the mode
             port.numberAccepts = 1      # one accept per wake-up: one session per child
             factory.port = port
             self.ports.append(port)
@@ -156,6 +160,9 @@ class Child:
     def session_closed(self) -> None:
         self.session = None
         amavis_log.set_task_id(None)
+        from amavisd.sql.connection import end_of_task
+
+        end_of_task()        # $database_sessions_persistent = 0: close SQL between sessions
         self.stats.set_state(ST_IDLE, None)
         self._set_title(f"ch{self.connections}-avail")
         limit = self.config.max_requests

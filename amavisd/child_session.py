@@ -18,11 +18,11 @@ from pathlib import Path
 from twisted.internet import defer
 from twisted.internet.protocol import ServerFactory
 
-from amavisd import ids
+from amavisd import ids, stats
 from amavisd import log as amavis_log
 from amavisd.config.banks import load_client_ip_banks
 from amavisd.config.model import BankView
-from amavisd.constants import ST_IDLE
+from amavisd.constants import ST_FORWARDING, ST_IDLE
 from amavisd.message import ClientInfo, Message, Recipient
 from amavisd.protocols.smtp_server import SizePolicy
 from amavisd.sizelimit import oversized_destiny, recipient_size_limit
@@ -156,6 +156,8 @@ class AmpdpSession:
         self.log_id = ""
         self.tempbase = str(child.config.TEMPBASE or "")
         self.myhome = str(child.config.MYHOME or "")
+        conf = child.config
+        self.protected = [str(d) for d in (conf.QUARANTINEDIR, conf.db_home) if d]
         self.timeout = float(view.smtpd_timeout or 0)
         self.ended = False
         self.started = time.monotonic()
@@ -187,6 +189,36 @@ class AmpdpSession:
     def process(self, msg: Message, view: BankView) -> defer.Deferred:
         msg.rx_start = self.started
         return defer.maybeDeferred(self.child.pipeline.process, msg, view)
+
+    def pdp_release(self, request) -> defer.Deferred:
+        """4.5: a new mail_id and the log id ``rel-<mail_id>``, then actions/release.py.
+
+        The view is this socket's banks with originating set (a release is our own
+        submission); ``$auth_required_release`` is read from it.  The counters the
+        dispatch noted are flushed here, as the pipeline does once per message.
+        """
+        from amavisd.actions.release import release
+
+        self.requests += 1
+        self.child.tasks += 1
+        self.started = time.monotonic()
+        mail_id, secret_id = ids.generate_mail_id(self.child.config.mail_id_size_bits)
+        self.log_id = f"rel-{mail_id}"
+        amavis_log.set_task_id(self.log_id)
+        self.child._set_title(f"ch{self.child.connections}-{self.log_id}")
+        self.child.stats.set_state(ST_FORWARDING, self.log_id)
+        self.child.stats.set_mail_id(mail_id)
+        view = self.baseline.copy()
+        view.set("originating", True)
+        d = defer.maybeDeferred(release, request, view, self.child.config, self.child.reactor,
+                                mail_id=mail_id, secret_id=secret_id, log_id=self.log_id,
+                                tempdir=self.child.tempdir)
+
+        def flush(result):
+            self.child.stats.add_many(stats.drain_pending())
+            return result
+
+        return d.addBoth(flush)
 
     def request_ended(self) -> None:
         self.child.stats.set_state(ST_IDLE, None)

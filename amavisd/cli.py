@@ -2,7 +2,9 @@
 
 ``amavisd [-c file]... [-d level] [-m max_servers] [-u user] [-g group]
 [-P pidfile] [-H home] [-T tempdir] [-R chroot] [-i instance] [-p socket]...
-start|stop|reload|restart|debug|foreground|showconfig|testconfig|demo``
+start|stop|reload|restart|debug|foreground|showconfig|testconfig|demo``, and the
+DKIM key tools ``showkeys|testkeys [domains]`` and ``genrsa file [nbits]``
+(amavisd/dkim_tools.py).
 
 Like the Perl daemon, ``-h`` and ``-V`` print to stdout and exit 1, and fatal
 startup messages go to stdout with exit status 1; a config error exits 78
@@ -22,6 +24,8 @@ from amavisd.errors import BootError, ConfigError, UsageError
 
 COMMANDS = ("start", "stop", "reload", "restart", "debug", "foreground",
             "showconfig", "testconfig", "test-config", "demo")
+#: DKIM key tools (pipeline.md 24.4): they take arguments after the command word.
+KEY_COMMANDS = ("genrsa", "showkeys", "showkey", "testkeys", "testkey")
 VALUE_OPTIONS = set("ugdimcpDHLPQRSTX")
 
 USAGE = """\
@@ -35,6 +39,8 @@ Usage:
     [-R chroot_dir | -R ''] [-S helpers_home_dir] [-T tempbase_dir]
     ( [start] | stop | reload | restart | debug | foreground |
       showconfig | testconfig | demo )
+  amavisd [-c config_file] ( showkeys | testkeys ) [domain | .domain ...]
+  amavisd genrsa file_name [nbits]
 
   where area is a SpamAssassin debug area, e.g. all,util,rules,plugin,dkim,dcc
   (accepted for compatibility; SpamAssassin runs out of process here)
@@ -64,6 +70,7 @@ class Options:
     tempbase: str | None = None
     flags: list[str] = field(default_factory=list)
     argv: list[str] = field(default_factory=list)
+    command_args: list[str] = field(default_factory=list)
 
 
 def parse_args(argv: list[str]) -> Options:
@@ -85,9 +92,13 @@ def parse_args(argv: list[str]) -> Options:
         _apply_option(opts, letter, value)
     if args:
         command = args.pop(0)
-        if command not in COMMANDS:
+        if command in KEY_COMMANDS:
+            opts.command = {"showkey": "showkeys", "testkey": "testkeys"}.get(command, command)
+            opts.command_args, args = args, []
+        elif command not in COMMANDS:
             raise UsageError(f"Unknown command line parameter: {command}")
-        opts.command = "testconfig" if command == "test-config" else command
+        else:
+            opts.command = "testconfig" if command == "test-config" else command
     if args:
         raise UsageError(f"Only one command may be given: {' '.join(args)}")
     return opts
@@ -165,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
 def run_command(opts: Options) -> int:
     from amavisd.config.load import load_config, load_demo_config
 
+    if opts.command == "genrsa":
+        from amavisd.dkim_tools import genrsa
+
+        return genrsa(opts.command_args)
     if opts.command == "demo":
         config = load_demo_config(opts)
         from amavisd import daemon
@@ -174,6 +189,11 @@ def run_command(opts: Options) -> int:
     if opts.command == "testconfig":
         print(f"config OK: {', '.join(config.files)}")
         return EXIT_OK
+    if opts.command in ("showkeys", "testkeys"):
+        from amavisd import dkim_tools
+
+        tool = dkim_tools.showkeys if opts.command == "showkeys" else dkim_tools.testkeys
+        return tool(config, opts.command_args)
     if opts.command == "showconfig":
         from amavisd.config.show import show_config
 

@@ -1,7 +1,7 @@
 """Identifiers: mail_id, secret_id and the log id (am_id), in amavis's formats.
 
 spec/protocols.md section 1.8: the secret is ``bits/8`` random bytes in base64url;
-the mail_id is base64url(MD5(secret)) cut to the same length, drawn again until
+the mail_id is base64url(MD5(secret bytes)) cut to the same length, drawn again until
 it starts and ends with an alphanumeric.  The log id is ``%05d-%02d`` (pid,
 connection count of the child), with ``-N`` for the Nth transaction of a session.
 """
@@ -24,8 +24,9 @@ def generate_mail_id(size_bits: int = 72) -> tuple[str, str]:
     nbytes = size_bits // 8
     length = size_bits // 6
     while True:
-        secret = _b64url(os.urandom(nbytes))
-        digest = _b64url(hashlib.md5(secret.encode("ascii")).digest())
+        raw = os.urandom(nbytes)
+        secret = _b64url(raw)
+        digest = _b64url(hashlib.md5(raw).digest())       # MD5 of the bytes (section 3)
         mail_id = digest[:length]
         if mail_id[0].isalnum() and mail_id[-1].isalnum():
             return mail_id, secret

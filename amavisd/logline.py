@@ -131,6 +131,9 @@ def main_log_lines(msg: Message, facts, local_of, elapsed_ms: float,
             queued = _queued_as(group)
             if queued:
                 extras.append(f"queued_as: {queued}")
+        for label in ("dkim_sd", "dkim_new"):     # valid / our new signatures, s:d
+            if msg.findings.get(label):
+                extras.append(f"{label}={','.join(msg.findings[label])}")
         extras.append(f"{elapsed_ms:.0f} ms")
         lines.append(line + ", " + ", ".join(extras))
     return lines

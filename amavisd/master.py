@@ -388,11 +388,7 @@ class Master:
     # ---------------------------------------------------------------- exit
     def _shutdown_files(self) -> None:
         for spec in self.specs:
-            if spec.kind == "unix":
-                try:
-                    os.unlink(spec.path)
-                except OSError:
-                    pass
+            sockets.remove_unix_file(spec)        # only if it is still the one we bound
         if self.pid_file:
             try:
                 os.unlink(self.pid_file)

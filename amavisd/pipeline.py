@@ -1,11 +1,13 @@
 """The order of work on one message: the only code that knows it.
 
 Runs in the child, inside its reactor, once DATA is spooled.  Steps (spec/
-pipeline.md section 2, as far as the relay path goes): mail_id, header facts,
-checks (none yet: content checks are their own issues), ``decide``, forward the
-passed recipients, turn next-hop failures into CC_MTA, then counters and the
-main log line.  The SMTP reply is computed by the protocol from the recipients
-afterwards; nothing here talks to the client.
+pipeline.md section 2, as far as the relay path goes): mail_id (and the SQL
+``msgs`` row), header facts, checks, ``decide``, quarantine, forward the passed
+recipients, turn next-hop failures into CC_MTA, DSN, the final SQL rows, then
+counters and the main log line.  SQL logging runs in worker threads
+(amavisd/sql/offload.py) and never fails the message.  The SMTP reply is
+computed by the protocol from the recipients afterwards; nothing here talks to
+the client.
 """
 
 from __future__ import annotations
@@ -44,8 +46,19 @@ from amavisd.errors import Reply, TempFail
 from amavisd.header import header_facts, oldest_public_ip, read_header_block
 from amavisd.logline import direction, main_log_lines, status_word, timing_report
 from amavisd.message import Message
+from amavisd.sql import connection as sql_connection
+from amavisd.sql import storage
+from amavisd.sql.offload import run_blocking
 
 log = logging.getLogger(__name__)
+
+
+def _failure_text(exc: BaseException) -> str:
+    """A failure for the log: a timeout says so, anything else its message."""
+    if isinstance(exc, (defer.TimeoutError, defer.CancelledError)):
+        return "timed out ($child_timeout)"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
 
 _BULK = re.compile(rb"^Precedence:[ \t]*(bulk|list|junk)\b", re.I | re.M)
 
@@ -99,6 +112,11 @@ class Pipeline:
         self.stats.set_state(ST_MAIL_ID)
         msg.mail_id, msg.secret_id = ids.generate_mail_id(self.config.mail_id_size_bits)
         self.stats.set_mail_id(msg.mail_id)
+        msg.findings["partition_tag"] = storage.partition_tag(view, msg)
+        sql_deadline = time.time() + float(view.child_timeout)
+        sql_db = self._storage()
+        store_all = bool(self.config.sql_store_info_for_all_msgs)
+        stored = None
         try:
             block = read_header_block(msg.spool_path)
         except OSError as exc:
@@ -107,6 +125,9 @@ class Pipeline:
         if msg.client.addr is None and msg.client.mta_addr:
             msg.client.addr = msg.client.mta_addr     # section 3.11: from the top trace entry
         timing.mark("collect_info")
+        if sql_db is not None and store_all:        # section 23: msgs row, content NULL
+            stored = yield self._sql_preliminary(sql_db, msg, view, sql_deadline)
+            timing.mark("gen_mail_id")
         self.stats.set_state(ST_DECODING)
         bulk = bool(_BULK.search(block))
         # the spam check needs only the spool file: it runs in a worker thread while
@@ -141,6 +162,9 @@ class Pipeline:
         self.stats.set_state(ST_QUARANTINE)
         deadline = time.time() + float(view.child_timeout)
         requests = quarantine.select(msg, lambda rcpt: view)
+        if sql_db is not None and not store_all and any(not r.is_archive for r in requests):
+            stored = yield self._sql_preliminary(sql_db, msg, view, sql_deadline)
+            timing.mark("gen_mail_id")
         if requests:           # QuarMsgs* and OutMsgs* are counted in actions/
             yield quarantine.quarantine_async(msg, requests, view, self.reactor, deadline)
         timing.mark("notif-quar")
@@ -161,6 +185,9 @@ class Pipeline:
             msg.findings["dsn_sent"] = 2
             for rcpt, _why in dsn_plan.suppressed:
                 rcpt.dsn_suppressed = True
+        if stored is not None:
+            yield self._sql_final(sql_db, msg, view, stored, block, sql_deadline)
+            timing.mark("sql-update")
         self._count(msg, view, timing)
         self.stats.set_state(ST_CHECK_DONE)
         origin_ip = oldest_public_ip(facts.received)
@@ -171,6 +198,47 @@ class Pipeline:
         if logging.getLogger().isEnabledFor(amavis_log.py_level(2)):
             amavis_log.do_log(2, "%s", timing_report(msg.size, timing.sections,
                                                      timing.total_ms()))
+
+    def _storage(self) -> sql_connection.Database | None:
+        """This child's ``@storage_sql_dsn`` connection, or None (unset, or an unusable DSN)."""
+        try:
+            return sql_connection.database(self.config, "storage")
+        except sql_connection.SQLConfigError as exc:
+            log.error("SQL storage disabled: %s", exc)
+            return None
+
+    @defer.inlineCallbacks
+    def _sql_preliminary(self, db, msg: Message, view, deadline: float):
+        """maddr ids and the msgs row (section 23), in a worker thread (sql/offload.py).
+
+        None if nothing was stored: the failure is logged and the message goes on
+        (docs/differences.md).  A mail_id collision gives the message a new id.
+        """
+        keys = storage.address_keys(view, msg)
+        try:
+            stored = yield run_blocking(self.reactor, deadline, storage.save_info_preliminary,
+                                        db, view, msg, keys, msg.findings["partition_tag"])
+        except Exception as exc:  # noqa: BLE001 - timeout or bug: logging must not cost mail
+            log.error("SQL storage: save_info_preliminary %s failed, message not logged: %s",
+                      msg.mail_id, _failure_text(exc))
+            return None
+        if stored is not None and stored.mail_id != msg.mail_id:
+            msg.mail_id, msg.secret_id = stored.mail_id, stored.secret_id
+            self.stats.set_mail_id(msg.mail_id)
+        return stored
+
+    @defer.inlineCallbacks
+    def _sql_final(self, db, msg: Message, view, stored, block: bytes, deadline: float):
+        """msgrcpt rows and the msgs update (section 23); a failure is only logged."""
+        try:
+            local = [self.is_local(view, r.address) for r in msg.recipients]
+            where = quarantine.log_locations(msg, view)
+            rows = storage.final_rows(view, msg, stored, block, local, where[0] if where else None)
+            yield run_blocking(self.reactor, deadline, storage.save_info_final, db, view, rows,
+                               stored.mail_id)
+        except Exception as exc:  # noqa: BLE001 - past the point of no return: log only
+            log.error("SQL storage: save_info_final %s failed, info not saved: %s",
+                      msg.mail_id, _failure_text(exc))
 
     def _forward(self, msg: Message, view):
         """Per header-edit cluster (pipeline.md 20.10), one transaction per delivery method.

@@ -5,6 +5,12 @@ appended to ``@listen_sockets``; a port-only entry is bound on every
 ``$inet_socket_bind`` address.  On HUP the master re-execs itself and hands the
 bound sockets over in ``AMAVISD_BOUND_SOCKETS`` (``fd|host|port|kind;...``), so
 the new image listens on the very same sockets.
+
+Unix socket files: ``$unix_socket_mode`` is applied at bind time and kept when the
+children adopt the socket (Twisted would otherwise chmod it to 0666 in every
+child); a stale socket left by a killed daemon is replaced, but a live socket or
+any other kind of file at that path stops the start with a clear error, and the
+master removes the file at exit only if it is still the one it bound.
 """
 
 from __future__ import annotations
@@ -16,10 +22,12 @@ import stat
 from dataclasses import dataclass, field
 
 from amavisd.errors import BootError, ConfigError
+from amavisd.log import do_log
 
 log = logging.getLogger(__name__)
 
 ENV_BOUND = "AMAVISD_BOUND_SOCKETS"
+STALE_PROBE_TIMEOUT = 2.0
 
 
 @dataclass
@@ -31,6 +39,9 @@ class ListenSpec:
     port: int = 0
     path: str = ""
     sock: socket.socket | None = field(default=None, repr=False, compare=False)
+    #: Unix only: the file's mode and (st_dev, st_ino) once bound or adopted.
+    mode: int | None = field(default=None, repr=False, compare=False)
+    inode: tuple[int, int] | None = field(default=None, repr=False, compare=False)
 
     @property
     def family(self) -> int:
@@ -118,7 +129,12 @@ def bind_all(specs: list[ListenSpec], backlog: int | None, unix_mode: int | None
         try:
             spec.sock = _bind_one(spec, backlog, unix_mode)
         except OSError as exc:
-            raise BootError(f"cannot bind {spec.label}: {exc.strerror or exc}") from None
+            message = f"cannot bind {spec.label}: {exc.strerror or exc}"
+            log.error("%s", message)
+            raise BootError(message) from None
+        except BootError as exc:
+            log.error("%s", exc)
+            raise
 
 
 def _bind_one(spec: ListenSpec, backlog: int, unix_mode: int | None) -> socket.socket:
@@ -128,6 +144,7 @@ def _bind_one(spec: ListenSpec, backlog: int, unix_mode: int | None) -> socket.s
         sock.bind(spec.path)
         if unix_mode is not None:
             os.chmod(spec.path, unix_mode)
+        _note_unix_file(spec)
     else:
         sock = socket.socket(spec.family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -140,23 +157,86 @@ def _bind_one(spec: ListenSpec, backlog: int, unix_mode: int | None) -> socket.s
     return sock
 
 
+def _note_unix_file(spec: ListenSpec) -> None:
+    st = os.stat(spec.path)
+    spec.mode, spec.inode = stat.S_IMODE(st.st_mode), (st.st_dev, st.st_ino)
+
+
 def _remove_stale_unix_socket(path: str) -> None:
-    """A socket file left by a dead daemon is removed; any other file is an error."""
+    """A socket file nobody listens on (a killed daemon's) is removed; nothing else is.
+
+    A live socket means another daemon: taking its path over would cut it off.  A
+    regular file, a symlink or a folder is a configuration mistake, and deleting
+    it could destroy data: both stop the start with a clear error.
+    """
     try:
-        mode = os.lstat(path).st_mode
+        before = os.lstat(path)
     except FileNotFoundError:
         return
-    if not stat.S_ISSOCK(mode):
-        raise BootError(f"{path} exists and is not a socket")
+    if not stat.S_ISSOCK(before.st_mode):
+        raise BootError(f"cannot bind {path}|unix: {path} exists and is not a socket "
+                        "(not removing it)")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(STALE_PROBE_TIMEOUT)   # a live daemon with a full backlog blocks
     try:
         probe.connect(path)
-    except OSError:
-        os.unlink(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        pass                                 # nobody listens: stale (or already gone)
+    except OSError as exc:
+        raise BootError(f"cannot bind {path}|unix: cannot tell whether {path} is in use "
+                        f"({exc.strerror or exc})") from None
     else:
-        raise BootError(f"{path} is in use by a running process")
+        raise BootError(f"cannot bind {path}|unix: {path} is in use by a running process")
     finally:
         probe.close()
+    try:
+        now = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if (now.st_dev, now.st_ino) != (before.st_dev, before.st_ino) or not stat.S_ISSOCK(
+            now.st_mode):
+        raise BootError(f"cannot bind {path}|unix: {path} changed while checking it")
+    do_log(1, "removing stale socket %s (nobody listens on it)", path)
+    os.unlink(path)
+
+
+def remove_unix_file(spec: ListenSpec) -> None:
+    """At exit: unlink the socket file only if it is still the one this daemon bound.
+
+    Best effort: the file is known by (st_dev, st_ino), and an inode number can be
+    reused once our file was deleted by someone else.
+    """
+    if spec.kind != "unix":
+        return
+    try:
+        st = os.lstat(spec.path)
+    except OSError:
+        return
+    if spec.inode is not None and (st.st_dev, st.st_ino) != spec.inode:
+        log.warning("not removing %s: it is no longer our socket", spec.path)
+        return
+    try:
+        os.unlink(spec.path)
+    except OSError as exc:
+        log.info("could not remove %s: %s", spec.path, exc.strerror or exc)
+
+
+def adopt_port(reactor, spec: ListenSpec, factory):
+    """The child's listening port on the master's socket, as ``adoptStreamPort`` makes it.
+
+    For a Unix socket Twisted chmods the path to ``Port.mode`` (0666 by default) when
+    the port starts listening, which would undo ``$unix_socket_mode`` in every child
+    and open the socket to every local user; the port gets the bound mode instead.
+    """
+    assert spec.sock is not None
+    if spec.kind != "unix":
+        return reactor.adoptStreamPort(spec.sock.fileno(), spec.family, factory)
+    from twisted.internet import unix
+
+    port = unix.Port._fromListeningDescriptor(reactor, spec.sock.fileno(), factory)
+    port.mode = spec.mode if spec.mode is not None else stat.S_IMODE(os.stat(spec.path).st_mode)
+    port.startListening()
+    return port
 
 
 def export_for_exec(specs: list[ListenSpec]) -> str:
@@ -188,6 +268,8 @@ def adopt_from_env(specs: list[ListenSpec], value: str) -> None:
         spec.sock = socket.socket(fileno=fd)
         spec.sock.setblocking(False)
         os.set_inheritable(fd, False)
+        if spec.kind == "unix":
+            _note_unix_file(spec)
         log.info("Reassociating file descriptor %d with %s", fd, spec.label)
     for fd in inherited.values():
         os.close(fd)

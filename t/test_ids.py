@@ -10,12 +10,14 @@ import pytest
 from amavisd.ids import generate_mail_id, log_id
 
 
-def test_mail_id_is_md5_of_secret_in_base64url():
+def test_mail_id_is_md5_of_the_decoded_secret_in_base64url():
+    """The release invariant of pipeline.md section 3, which Perl tools check too."""
     for _ in range(200):
         mail_id, secret = generate_mail_id(72)
         assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{10}[A-Za-z0-9]", mail_id)
         assert re.fullmatch(r"[A-Za-z0-9_-]{12}", secret)
-        digest = base64.b64encode(hashlib.md5(secret.encode()).digest(), b"-_").decode()
+        raw = base64.urlsafe_b64decode(secret)
+        digest = base64.b64encode(hashlib.md5(raw).digest(), b"-_").decode()
         assert digest[:12] == mail_id
 
 

@@ -23,6 +23,7 @@ from twisted.internet import defer, endpoints, error, protocol
 from twisted.internet.task import LoopingCall
 
 from amavisd import stats
+from amavisd.actions import dkim_sign
 from amavisd.errors import Reply
 from amavisd.message import ClientInfo, Message, Recipient
 from amavisd.protocols.smtp_client import (
@@ -220,6 +221,8 @@ def forward(msg: Message, recipients: list[Recipient], method: str | list[str],
     if not recipients or not any(m.strip() for m in methods):
         return defer.succeed(None)
     clock = clock or reactor
+    # DKIM signing at dispatch (pipeline.md 24.3): the header is final here, per cluster
+    header, body_offset = dkim_sign.signed_content(msg, header, body_offset, settings, submit)
     d = defer.maybeDeferred(_dispatch, msg, recipients, methods, (header, body_offset),
                             settings, reactor, per_recipient_capable, deadline, clock, rng)
 

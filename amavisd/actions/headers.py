@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from amavisd.checks.banned import per_recipient as banned_per_recipient
-from amavisd.config.lookup import lookup
+from amavisd.config.lookup import lookup, without_implied_sql
 from amavisd.constants import (
     CC_BADH,
     CC_BANNED,
@@ -82,6 +82,7 @@ FINDING_VIRUSNAMES = "virus_names"          # list[str] (checks/virus.py)
 FINDING_BAD_HEADERS = "bad_headers"         # list[HeaderFault] (or texts), amavis order
 FINDING_BANNED = "banned"                   # list[BannedHit]
 FINDING_SUBJPREFIX = "SUBJPREFIX"           # SpamAssassin's subject prefix, if any
+FINDING_DKIM_SIGS = "dkim_signatures_all"   # list of checks.dkim.SignatureResult
 
 _FIELD_RE = re.compile(rb"^([!-9;-~]+)[ \t]*:(.*)\Z", re.S)
 _VALID_NAME = re.compile(r"^[!-9;-~]+\Z")
@@ -133,7 +134,8 @@ class HeaderSettings:
         scanners = list(get("av_scanners", []) or []) + list(get("av_scanners_backup", []) or [])
         # Amavis.pm: AV code is loaded when scanners are configured, unless the first
         # bypass_virus_checks_maps entry is a plain true constant.
-        simple_bypass = bool(bypass_v) and _is_true_constant(bypass_v[0])
+        static_v = without_implied_sql(bypass_v)    # decided before SQL fields go first
+        simple_bypass = bool(static_v) and _is_true_constant(static_v[0])
         return cls(
             x_header_tag=get("X_HEADER_TAG", "X-Virus-Scanned"),
             x_header_line=get("X_HEADER_LINE", f"amavis at {_hostname(mydomain, False)}"),
@@ -383,6 +385,7 @@ class _RecipPlan:
     subject_tag: str
     quarantine_id: bool
     spam: SpamEdits
+    dkim_ar: bool = False            # 20.3 item 11: A-R with the DKIM results
 
 
 def categories(rcpt: Recipient) -> list[str]:
@@ -521,9 +524,11 @@ def _plan_recipient(msg: Message, rcpt: Recipient, settings: HeaderSettings, fin
         tag = expand_subject_tag(tag, msg, settings, spam, findings)
     quarantine_id = is_local and bool(_finding(findings, FINDING_QUARANTINED_TO)) \
         and bool(msg.mail_id)
-    key = (x_scanned, virus, banned_reason, badh, tag, quarantine_id, spam.key)
+    dkim_ar = is_local and settings.enable_dkim_verification \
+        and bool(_finding(findings, FINDING_DKIM_SIGS, []))
+    key = (x_scanned, virus, banned_reason, badh, tag, quarantine_id, spam.key, dkim_ar)
     return _RecipPlan(key, is_local, x_scanned, virus, banned_reason, badh, tag,
-                      quarantine_id, spam)
+                      quarantine_id, spam, dkim_ar)
 
 
 def plan_edits(msg: Message, recipients: Sequence[Recipient], view: Any, findings: Any,
@@ -597,6 +602,13 @@ def _cluster_edit(msg: Message, plan: _RecipPlan, settings: HeaderSettings, find
             put("X-Amavis-Alert", "BAD HEADER SECTION, " + str(getattr(first, "text", first)))
     add.extend(plan.spam.fields)
     tagged = tagged or (plan.is_local and plan.spam.do_tag2)
+    if plan.dkim_ar and settings.allowed("Authentication-Results"):
+        from amavisd.actions.authres import authentication_results
+
+        servid = _hostname(settings.myauthservid or settings.myhostname, False)
+        for body in authentication_results(_finding(findings, FINDING_DKIM_SIGS, []), servid,
+                                           msg.rx_time):
+            put("Authentication-Results", body, 1)
     subject_tag = None
     if plan.subject_tag:
         if has_field(header_block, "Subject"):

@@ -1,5 +1,6 @@
 # tests: t/actions/test_quarantine.py
-"""Quarantine and archiving: which copies to keep, and writing them (``local:``, ``bsmtp:``).
+"""Quarantine and archiving: which copies to keep, and writing them (``local:``, ``bsmtp:``,
+``sql:``).
 
 Runs in the child, after ``decide`` and before forwarding (spec/pipeline.md section
 19: "Sent in do_notify_and_quarantine, before forwarding, after quarantine").
@@ -12,6 +13,8 @@ Runs in the child, after ``decide`` and before forwarding (spec/pipeline.md sect
   append under ``flock``, each with the header fields of section 20.4 on top.
   A write failure is our infrastructure failing: ``TempFail``, so the MTA keeps
   the message (section 22.2: "4xx -> die temporarily unable to quarantine").
+  ``sql:`` stores the same copy as chunks of table ``quarantine``
+  (amavisd/sql/quarantine_store.py); a database failure tempfails the same way.
 * ``quarantine_async`` also handles methods that need the network (``smtp:``,
   ``lmtp:``, ``pipe:``, and ``local:`` redirected to ``$notify_method``) through
   ``forward``.
@@ -598,7 +601,8 @@ def _mailbox_for(q_to: str, view: Any, quarantinedir: str | None
 
 def quarantine(msg: Message, to_quarantine: Sequence[QuarantineRequest], settings: Any,
                facts_for: FactsFor = recipient_facts) -> list[QuarantineResult]:
-    """Carry out ``local:`` and ``bsmtp:`` requests (sections 22.2, 22.3; protocols.md 5.8).
+    """Carry out ``local:``, ``bsmtp:`` and ``sql:`` requests (sections 22.2, 22.3;
+    protocols.md 5.8); ``quarantine_async`` runs ``sql:`` in a worker thread instead.
 
     Raises ``TempFail`` when a copy could not be written (the message must then
     tempfail) and for methods that need the network (use ``quarantine_async``).
@@ -612,17 +616,24 @@ def quarantine(msg: Message, to_quarantine: Sequence[QuarantineRequest], setting
             result = _local(msg, request, settings, facts_for)
         elif scheme == "bsmtp":
             result = _bsmtp(msg, request, settings, facts_for)
+        elif scheme == "sql":
+            result = sql_store(msg, request, settings, facts_for)
         else:
             raise TempFail(SECTION, f"quarantine method {request.method!r} needs "
                                     "quarantine_async")
-        from amavisd.actions.forward import count_dispatch
-
-        count_dispatch(scheme, msg.size, "Quar", [result.reply])
-        count_result(msg, result)
-        _check(result)
-        results.append(result)
-        record(msg, result)
+        results.append(_settle(msg, scheme, result))
     return results
+
+
+def _settle(msg: Message, scheme: str, result: QuarantineResult) -> QuarantineResult:
+    """Counters, then ``TempFail`` on failure (22.2), else record the copy (22.2/22.3)."""
+    from amavisd.actions.forward import count_dispatch
+
+    count_dispatch(scheme, msg.size, "Quar", [result.reply])
+    count_result(msg, result)
+    _check(result)
+    record(msg, result)
+    return result
 
 
 def count_result(msg: Message, result: QuarantineResult) -> None:
@@ -922,6 +933,54 @@ def drop_fields(block: bytes, names: Iterable[bytes]) -> bytes:
     return b"".join(out)
 
 
+# ------------------------------------------------------------------ sql
+
+
+def sql_store(msg: Message, request: QuarantineRequest, view: Any,
+              facts_for: FactsFor = recipient_facts) -> QuarantineResult:
+    """``sql:``: the copy as chunks of table ``quarantine``, one transaction (22.3).
+
+    The copy is the header fields of section 20.4 (as for ``local:``, less
+    Return-Path and Delivered-To, which belong to a mailbox delivery) over the
+    original message, streamed from the spool file.  Blocks on the database: the
+    pipeline calls it through ``quarantine_async`` in a worker thread.
+    """
+    from amavisd.sql import connection as sql_connection
+    from amavisd.sql import quarantine_store
+    from amavisd.sql.storage import partition_tag
+
+    mail_id = msg.mail_id
+    partition = msg.findings.get("partition_tag")
+    if partition is None:
+        partition = partition_tag(view, msg)
+
+    def failed(why: str) -> QuarantineResult:
+        log.error("writing mail text to SQL failed: %s", why)
+        return QuarantineResult(request, Reply(
+            451, "4.5.0", f"Storing to sql db as mail_id {mail_id} failed: {why}, "
+                          f"id={msg.log_id}"), [], "Q")
+
+    try:
+        db = sql_connection.database(view, "storage")
+    except ValueError as exc:                  # SQLConfigError: an unusable DSN
+        return failed(str(exc))
+    if db is None:
+        return failed("@storage_sql_dsn is not set")
+    header = quarantine_header(msg, request, view, scheme="sql", facts_for=facts_for)
+    size = int(setting(view, "sql_quarantine_chunksize_max") or quarantine_store.CHUNK_SIZE)
+    try:
+        chunks, nbytes = quarantine_store.store(
+            db, int(partition), mail_id,
+            lambda out: _copy_message(msg, out, header, local=False, mbox=False),
+            chunk_size=size, config=view)
+    except Exception as exc:  # noqa: BLE001 - any failure: the message tempfails (22.2)
+        return failed(" ".join(str(exc).split()) or type(exc).__name__)
+    log.info("delivered to sql: %d chunks, %d bytes, mail_id %s", chunks, nbytes, mail_id)
+    return QuarantineResult(request, Reply(250, "2.6.0", f"Ok, Stored to sql db as mail_id "
+                                                         f"{mail_id}, id={msg.log_id}"),
+                            [quarantine_store.location(mail_id, partition)], "Q")
+
+
 # ------------------------------------------------------------------ bsmtp and network methods
 
 
@@ -995,6 +1054,18 @@ def quarantine_async(msg: Message, to_quarantine: Sequence[QuarantineRequest], s
             scheme = _scheme(request.method)
             if scheme in ("local", "bsmtp"):
                 results += quarantine(msg, [request], settings, facts_for)
+                continue
+            if scheme == "sql":            # blocks on the database: in a worker thread
+                from amavisd.sql.offload import run_blocking
+
+                try:
+                    result = yield run_blocking(reactor, deadline, sql_store, msg, request,
+                                                settings, facts_for)
+                except (defer.TimeoutError, defer.CancelledError):
+                    result = QuarantineResult(request, Reply(
+                        451, "4.5.0", f"Storing to sql db as mail_id {msg.mail_id} failed: "
+                                      f"timed out, id={msg.log_id}"), [], "Q")
+                results.append(_settle(msg, scheme, result))
                 continue
             qmsg = quarantine_message(msg, request, settings)
             header = quarantine_header(msg, request, settings, scheme=scheme,

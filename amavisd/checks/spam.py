@@ -44,12 +44,13 @@ from typing import Any
 
 from twisted.internet import defer, threads
 
-from amavisd.config.lookup import Lookups, lookup
+from amavisd.config.lookup import Lookups, lookup, without_implied_sql
 from amavisd.header import read_header_block
 from amavisd.log import do_log
 from amavisd.message import Message
 from amavisd.scanners import rspamd as rspamd_client
 from amavisd.scanners import spamd as spamd_client
+from amavisd.sql import lookup as sql_lookup
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,8 @@ def spam_code_loaded(config: Any) -> bool:
     """Amavis loads its spam code unless ``@spam_scanners`` is empty or
     ``@bypass_spam_checks_maps`` starts with a plain true value (section 0)."""
     return bool(getattr(config, "spam_scanners", None)) and \
-        not _first_is_true_constant(getattr(config, "bypass_spam_checks_maps", None))
+        not _first_is_true_constant(without_implied_sql(   # decided before SQL goes first
+            getattr(config, "bypass_spam_checks_maps", None)))
 
 
 # ---------------------------------------------------------------- results
@@ -228,8 +230,13 @@ def senders(msg: Message, header_block: bytes) -> list[str]:
 
 def white_black_list(lookups: Lookups, view: Any, msg: Message, sender_list: list[str],
                      result: SpamResult) -> tuple[int, bool]:
-    """Hard white/blacklists and ``@score_sender_maps`` (section 10.1; no SQL/LDAP).
+    """Hard white/blacklists and soft scores, per open recipient (section 10.1).
 
+    For each sender address (envelope sender, then From:), in this order: SQL
+    (``sel_wblist`` for each ``users.id`` matching the recipient; the first
+    decisive ``wb`` stops, numeric ones add a soft score and go on), then the
+    static per-recipient and global tables; while no soft score has been found,
+    ``@score_sender_maps``.  The first sender found in a list ends the search.
     Returns (number of recipients w/b listed, whether all of them are).
     """
     def table(name: str) -> list[Any]:
@@ -237,6 +244,9 @@ def white_black_list(lookups: Lookups, view: Any, msg: Message, sender_list: lis
         return [] if value is None else list(value) if isinstance(value, (list, tuple)) \
             else [value]
 
+    engine = sql_lookup.active()
+    delimiter = getattr(view, "recipient_delimiter", None)
+    case_sensitive = bool(getattr(view, "localpart_is_case_sensitive", False))
     per_recip_bl = getattr(view, "per_recip_blacklist_sender_lookup_tables", None)
     per_recip_wl = getattr(view, "per_recip_whitelist_sender_lookup_tables", None)
     any_wb, all_wb = 0, True
@@ -246,24 +256,53 @@ def white_black_list(lookups: Lookups, view: Any, msg: Message, sender_list: lis
             continue
         wb = 0
         boost: float | None = None
+        user_ids = engine.user_ids(rcpt.address, delimiter, case_sensitive) \
+            if engine is not None else []
         for sender in sender_list:
             found = False
-            for kind, per_recip, maps in (("black", per_recip_bl, "blacklist_sender_maps"),
-                                          ("white", per_recip_wl, "whitelist_sender_maps")):
-                tables = table(maps)
-                if per_recip:
-                    own = lookup(False, rcpt.address, [per_recip])
-                    if own is not None:
-                        tables.insert(0, own)
-                if tables and lookup(False, sender, tables, label=maps):
-                    found = True
-                    if kind == "black":
-                        wb, entry.blacklisted = -1, True
-                    else:
-                        wb, entry.whitelisted = 1, True
-                    do_log(5, "wbl: recip <%s> %slisted sender <%s>", rcpt.address, kind,
-                           sender)
+            for user_id in user_ids:
+                value = engine.wb(user_id, sender, delimiter, case_sensitive)
+                do_log(4, 'wbl: (SQL) recip <%s>, rid=%s, got: "%s"', rcpt.address, user_id,
+                       "" if value is None else value)
+                if value is None:
+                    continue
+                verdict, score = sql_lookup.wb_verdict(value)
+                if verdict == "score":
+                    boost = (boost or 0.0) + score
+                    do_log(2, "wbl: (SQL) soft-%slisted (%s) sender <%s> => <%s> (rid=%s)",
+                           "white" if score < 0 else "black", perl_num(score), sender,
+                           rcpt.address, user_id)
+                    continue
+                found = True
+                if verdict == "black":
+                    wb, entry.blacklisted = -1, True
+                elif verdict == "white":
+                    wb, entry.whitelisted = 1, True
+                    if not re.fullmatch(r"[WwYyTt] *", str(value)):
+                        do_log(-1, 'wbl: (SQL) recip <%s> whitelisted sender <%s>, '
+                               'unexpected wb field value: "%s"', rcpt.address, sender, value)
+                do_log(5, "wbl: (SQL) recip <%s> %s sender <%s>", rcpt.address,
+                       {"black": "blacklisted", "white": "whitelisted"}.get(verdict,
+                                                                            "is neutral to"),
+                       sender)
+                break
             if not found:
+                for kind, per_recip, maps in (("black", per_recip_bl, "blacklist_sender_maps"),
+                                              ("white", per_recip_wl, "whitelist_sender_maps")):
+                    tables = table(maps)
+                    if per_recip:
+                        own = lookup(False, rcpt.address, [per_recip])
+                        if own is not None:
+                            tables.insert(0, own)
+                    if tables and lookup(False, sender, tables, label=maps):
+                        found = True
+                        if kind == "black":
+                            wb, entry.blacklisted = -1, True
+                        else:
+                            wb, entry.whitelisted = 1, True
+                        do_log(5, "wbl: recip <%s> %slisted sender <%s>", rcpt.address, kind,
+                               sender)
+            if boost is None:           # no soft score yet (SQL numeric ones count)
                 matching = lookups.per_recipient("score_sender_maps", rcpt.address,
                                                  get_all=True) or []
                 for recip_table in matching:

@@ -19,11 +19,17 @@ str/int/float/bool        constant: always matches (None: no answer)
 ``Opaque``/``OpaqueRef``  a structured constant (failover lists...)
 ``PerlCode``/callable     a table computed when asked (lazily)
 ``Label``                 names the question in the debug log only
-``PerlLookup``            SQL/LDAP field: skipped (no SQL/LDAP lookups)
+``SQLField``              a field of the SQL users/policy records, asked
+                          through ``amavisd.sql.lookup`` when
+                          ``@lookup_sql_dsn`` is set, skipped otherwise
+``PerlLookup``            ``q_sql_s('f')`` and friends of a Perl config: an
+                          ``SQLField``; LDAP fields are skipped (no LDAP)
 ========================  ===============================================
 
 Runs wherever a setting is asked about: the child, per message, per recipient.
-Nothing here does I/O.  The answers agree with Amavis::Lookup and
+Nothing here does I/O except an SQL field, which queries the lookup database
+(once per address and message: ``amavisd.sql.lookup`` caches the records) and
+raises ``TempFail`` when it cannot.  The answers agree with Amavis::Lookup and
 Amavis::Lookup::IP of amavisd-new 2.13; ``t/config/test_lookup.py`` asks the
 installed Perl modules the same questions.
 """
@@ -106,6 +112,56 @@ def new_RE(*entries: Any) -> NewRE:
             pattern, value = entry, 1
         compiled.append((_compile(pattern), value))
     return NewRE(tuple(compiled))
+
+
+@dataclass(frozen=True)
+class SQLField:
+    """One field of the records ``sel_policy`` finds for an address (Amavis::Lookup::SQLfield).
+
+    ``type`` is B (boolean), N (numeric) or S (string); a ``-`` suffix means a
+    column the table lacks is "no answer", ``B1``/``B0`` that it means true/false
+    (pipeline.md 14).  ``implied`` marks the fields that ``$lookup_maps_imply_sql_and_ldap``
+    put in front of the static maps: amavis inserts them after it has decided
+    which code to load, so those decisions look past them (``without_implied_sql``).
+    """
+
+    field: str
+    type: str = "S-"
+    implied: bool = False
+
+    def __repr__(self) -> str:
+        return f"SQLField({self.field!r}, {self.type!r})"
+
+
+def q_sql_s(field: str) -> SQLField:
+    """A string field of the SQL lookup records, for a native config (``q_sql_s`` in Perl)."""
+    return SQLField(field, "S-")
+
+
+def q_sql_n(field: str) -> SQLField:
+    """A numeric field of the SQL lookup records."""
+    return SQLField(field, "N-")
+
+
+def q_sql_b(field: str) -> SQLField:
+    """A boolean field of the SQL lookup records (N, F, 0, space and NUL are false)."""
+    return SQLField(field, "B-")
+
+
+def is_sql_table(table: Any) -> bool:
+    """An SQL or LDAP field object: answered by a database, never by the config itself."""
+    return isinstance(table, (SQLField, PerlLookup))
+
+
+def without_implied_sql(tables: Any) -> Any:
+    """``tables`` without the SQL fields ``$lookup_maps_imply_sql_and_ldap`` put in front.
+
+    For the startup decisions amavis makes on the static maps alone (is the spam
+    or virus code loaded: a plain true first entry of ``@bypass_*_checks_maps``).
+    """
+    if not isinstance(tables, (list, tuple)):
+        return tables
+    return [t for t in tables if not (isinstance(t, SQLField) and t.implied)]
 
 
 def _compile(pattern: Any) -> re.Pattern[str]:
@@ -396,8 +452,11 @@ def _ask(table: Any, key: Any, get_all: bool, delimiter: str | None,
         return table
     if isinstance(table, PerlObject) and table.cls == "Amavis::Lookup::Label":
         return Label(_label_name(table))
-    if isinstance(table, PerlLookup):
-        return []            # SQL/LDAP fields are asked only when SQL/LDAP lookups are on
+    if isinstance(table, (SQLField, PerlLookup)):
+        # asked only when SQL lookups are configured; LDAP fields never (no LDAP here)
+        from amavisd.sql import lookup as sql_lookup
+
+        return sql_lookup.ask_field(table, _address(key), get_all, delimiter, case_sensitive)
     raise LookupTableError(f"a lookup table is an unknown object: {table!r}")
 
 
@@ -479,6 +538,9 @@ class Lookups:
 
     Bound to the ``BankView`` of the message, so a policy bank's tables, and its
     ``recipient_delimiter`` and ``localpart_is_case_sensitive``, are the ones asked.
+    With SQL lookups on, the maps themselves start with their SQL field (put there
+    once, by ``amavisd.sql.lookup.imply_sql_lookups`` when the config is finished),
+    so this and every direct ``lookup()`` of a map ask SQL first, as amavisd does.
     """
 
     def __init__(self, view: Any):

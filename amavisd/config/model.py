@@ -54,6 +54,9 @@ class Config:
         allowed = self.values["allowed_added_header_fields"]
         if tag and tag not in allowed:           # amavis adds its own tag implicitly
             self.values["allowed_added_header_fields"] = {**allowed, tag: 1}
+        from amavisd.sql.lookup import imply_sql_lookups
+
+        imply_sql_lookups(self)       # SQL fields in front of the maps (pipeline.md 14)
 
     def _fold_deprecated(self) -> None:
         opts = self.values["smtpd_tls_server_options"]

@@ -736,6 +736,20 @@ def _policy_banks(value: Any, origin: str, config: Config) -> Any:
     return banks
 
 
+def _declare_dkim_keys(keys: list[DkimKey], config: Config) -> None:
+    """Append the ``dkim_key()`` calls to ``dkim_signing_keys_list`` (amavisd.dkim_keys)."""
+    from amavisd.dkim_keys import DkimKeyError, declare
+
+    decls = list(config.values.get("dkim_signing_keys_list") or [])
+    for key in keys:
+        try:
+            decls.append(declare(key.domain, key.selector, key.key, key.options, key.origin,
+                                 decls))
+        except DkimKeyError as exc:
+            raise ConfigError(key.origin, "dkim_key", str(exc)) from None
+    config.assign("dkim_signing_keys_list", decls, keys[-1].origin)
+
+
 def assign_perl_config(result: PerlConfig, config: Config) -> None:
     """Assign what ``evaluate_perl_config`` found: known settings, and the rest recorded."""
     by_name: dict[str, list[str]] = {}
@@ -762,9 +776,8 @@ def assign_perl_config(result: PerlConfig, config: Config) -> None:
             config.assign(bare, value, origin)
     for name in result.environment:
         config.accepted_not_implemented[f"ENV{{{name}}}"] = ", ".join(result.files)
-    for dkim in result.dkim_keys:
-        config.accepted_not_implemented[f"dkim_key({dkim.domain}, {dkim.selector})"] = \
-            dkim.origin
+    if result.dkim_keys:        # key files are read now, as root (pipeline.md 24.3)
+        _declare_dkim_keys(result.dkim_keys, config)
     config.files.extend(result.files)
 
 

@@ -18,7 +18,9 @@ from typing import Any
 from amavisd.config.model import Config
 from amavisd.config.registry import canonical
 from amavisd.constants import CONFIG_CONSTANTS
+from amavisd.dkim_keys import python_declarator
 from amavisd.errors import ConfigError
+from amavisd.templates.loader import config_helpers
 
 
 def _assigned_lines(tree: ast.Module) -> dict[str, int]:
@@ -45,6 +47,9 @@ def _assigned_lines(tree: ast.Module) -> dict[str, int]:
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             for alias in node.names:
                 lines.setdefault((alias.asname or alias.name).split(".")[0], node.lineno)
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+              and node.func.id == "dkim_key"):        # dkim_key() fills this setting
+            lines["dkim_signing_keys_list"] = node.lineno
     return lines
 
 
@@ -64,6 +69,8 @@ def load_python_config(path: str | os.PathLike, config: Config) -> None:
     namespace.update(CONFIG_CONSTANTS)
     snapshot = {name: copy.deepcopy(value) for name, value in config.values.items()}
     namespace.update(copy.deepcopy(snapshot))
+    namespace["dkim_key"] = python_declarator(namespace["dkim_signing_keys_list"], str(path))
+    namespace.update(config_helpers(namespace))       # read_text, read_l10n_templates
     try:
         exec(compile(tree, str(path), "exec"), namespace)
     except Exception as exc:  # noqa: BLE001 - any error in the file is a config error

@@ -479,6 +479,63 @@ setting("attachment_outer_name", "msg-%m.zip", t.string, BANK,
 setting("attachment_email_name", "msg-%m.eml", t.string, BANK,
         "Name of the message inside the attachment (attach format).")
 
+# ---------------------------------------------------------------- dkim
+section("dkim")
+setting("enable_dkim_verification", None, t.boolean, BANK,
+        "Verify DKIM signatures: Authentication-Results for local recipients, dkim_sd= in "
+        "the log, author_to_policy_bank_maps, signer_reputation_maps (Debian: 0).")
+setting("enable_dkim_signing", None, t.boolean, BANK,
+        "DKIM-sign originating mail whose author (or sender) domain has a dkim_key().")
+setting("dkim_signing_keys_list", [], t.sequence, GLOBAL,
+        "Signing keys, filled by dkim_key('domain', 'selector', '/path/key.pem', tag=value) "
+        "calls in the config (read as root at startup); not assigned directly.", sigil="@")
+setting("dkim_signature_options_bysender_maps", [], t.sequence, BANK,
+        "Per author/sender lookup tables of signature options (d, s, a, c, ttl, x, i, q); "
+        "the most specific value of each tag wins.", sigil="@")
+setting("signed_header_fields", {}, t.mapping, BANK,
+        "Header fields to sign, lower-case name -> 0/1/2 (2: also oversigned); unset names "
+        "take amavis's defaults (From Date Subject Content-Type 2, To Cc Sender 0, ...).",
+        sigil="%")
+setting("dkim_minimum_key_bits", 1024, t.integer(0), BANK,
+        "Valid signatures with a shorter RSA key load no author bank and get no reputation.")
+setting("myauthservid", None, t.string, BANK,
+        "The authserv-id of our Authentication-Results fields (default: myhostname).")
+setting("reputation_factor", 0.2, t.number, BANK,
+        "Weight 0..1 of a signing domain's reputation in the spam level (0: off).")
+setting("signer_reputation_maps", [], t.sequence, BANK,
+        "Signing domain ('@example.com') -> fixed spam score the level is pulled "
+        "towards (reputation_factor).", sigil="@")
+setting("dkim_dns_timeout", 10, t.number, GLOBAL,
+        "Seconds all DKIM key lookups of one message may take together; a key not "
+        "fetched in time gives temperror (ours: amavis bounds it by child_timeout).")
+setting("dkim_dns_servers", [], t.string_list, GLOBAL,
+        "Name servers for DKIM key lookups, 'ip' or 'ip:port' (ours; empty: the "
+        "system's /etc/resolv.conf).", sigil="@")
+
+# ---------------------------------------------------------------- templates
+section("templates")
+for _name, _file, _what in (
+        ("notify_sender_templ", "template-dsn.txt", "DSN (bounce) text part"),
+        ("notify_virus_sender_templ", "template-virus-sender.txt",
+         "DSN text for VIRUS and BANNED mail"),
+        ("notify_spam_sender_templ", "template-spam-sender.txt", "DSN text for SPAM"),
+        ("notify_virus_admin_templ", "template-virus-admin.txt",
+         "admin notification (all but spam)"),
+        ("notify_spam_admin_templ", "template-spam-admin.txt", "spam admin notification"),
+        ("notify_virus_recips_templ", "template-virus-recipient.txt",
+         "recipient notification"),
+        ("notify_release_templ", "template-release-quarantine.txt",
+         "text of a release in the attach format"),
+        ("notify_report_templ", "template-problem-feedback.txt",
+         "text of a report (arf, attach, plain)"),
+        ("notify_autoresp_templ", "template-auto-response.txt", "auto-response text")):
+    setting(_name, None, t.string, BANK,
+            f"Template of the {_what} (docs/templates.md); undef: conf/templates/{_file}.")
+setting("notify_spam_recips_templ", "", t.string, BANK,
+        "Template of spam recipient notifications; empty: none are sent.")
+setting("macro_tests_sanity_limit", 50, t.integer(0), GLOBAL,
+        "Template macros T/TESTS list at most this many tests, then '...' (0: all).")
+
 # ---------------------------------------------------------------- sql
 section("sql")
 setting("lookup_sql_dsn", [], t.sequence, GLOBAL,

@@ -8,12 +8,15 @@ closes or times out.
 
 The protocol knows nothing of policy: it hands a ``Message`` and a bank view to
 an ``AmpdpHandler`` (child_session.AmpdpSession in the daemon) and turns the
-recipients' outcomes into the response.
+recipients' outcomes into the response.  ``release``/``requeue``/``report``
+requests (4.5) become a ``ReleaseRequest`` for the handler, whose per-recipient
+replies are written as one ``setreply`` line each (actions/release.py does the work).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import stat
@@ -27,9 +30,12 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
 from amavisd.actions.headers import plan_edits, split_header, tag_subject
+from amavisd.actions.release import ReleaseError, ReleaseRequest
 from amavisd.config.model import BankView
 from amavisd.constants import D_PASS
+from amavisd.errors import Reply
 from amavisd.final_reply import one_response_for_all
+from amavisd.log import do_log
 from amavisd.message import ClientInfo, Message, Recipient
 from amavisd.protocols.smtp_server import quote_address, unquote_address
 
@@ -56,7 +62,10 @@ _POSTFIX = frozenset({
     "sasl_username", "sasl_sender", "policy_context", "server_address", "server_port",
     "compatibility_level", "mail_version",
 })
+#: Bounds on hostile input: one attribute line, and all lines of one request.  A
+#: request over either is read to its end and answered with the failure reply.
 MAX_LINE = 64 * 1024
+MAX_REQUEST = 4 * 1024 * 1024
 EX_OK, EX_UNAVAILABLE, EX_TEMPFAIL, EX_DISCARD = 0, 69, 75, 99
 
 
@@ -69,6 +78,8 @@ class AmpdpHandler(TypingProtocol):
 
     tempbase: str
     myhome: str
+    #: the daemon's own folders (quarantine, db, ...): never a client's tempdir
+    protected: list[str]
     timeout: float
 
     def request_started(self, tempdir: str | None) -> str:
@@ -79,6 +90,14 @@ class AmpdpHandler(TypingProtocol):
 
     def process(self, msg: Message, view: BankView) -> defer.Deferred:
         """Run the pipeline on ``msg``."""
+
+    def pdp_release(self, request: ReleaseRequest) -> defer.Deferred:
+        """Release, requeue or report a quarantined message (4.5).
+
+        Counts the task and sets its log id (``rel-<new mail_id>``) itself; fires
+        with one ``Reply`` per recipient, or fails (``ReleaseError`` when refused)
+        when nothing was sent.
+        """
 
     def request_ended(self) -> None:
         """The response was written."""
@@ -146,9 +165,34 @@ def _strip_brackets(addr: str) -> str:
 
 
 def safe_path(path: str, roots: list[str]) -> bool:
-    """4.3: ``^(root)(/safe)*/safe$``, safe is ``[A-Za-z0-9_.-]+`` and not ``..``."""
-    for root in roots:
-        if root and re.fullmatch(re.escape(root.rstrip("/")) + f"(?:{_SAFE})+", path):
+    """4.3: ``^(root)(/safe)*/safe$``, safe is ``[A-Za-z0-9_.-]+`` and not ``..``.
+
+    Also, with symlinks resolved, the path must lie strictly below that root: a
+    symlink inside $TEMPBASE must not lead the server to read or delete files
+    elsewhere, and neither ``$TEMPBASE/.`` nor ``$MYHOME/tmp`` may make it remove
+    $TEMPBASE itself (no root, nor a folder holding one, is a client's tempdir).
+    """
+    bases = [b for b in ((r or "").rstrip("/") for r in roots) if b]
+    if not any(re.fullmatch(re.escape(b) + f"(?:{_SAFE})+", path) for b in bases):
+        return False
+    real = os.path.realpath(path)
+    real_bases = [os.path.realpath(b) for b in bases]
+    if any(rb == real or rb.startswith(real.rstrip("/") + "/") for rb in real_bases):
+        return False
+    return any(real.startswith(rb.rstrip("/") + "/") for rb in real_bases)
+
+
+def overlaps(path: str, folders: list[str]) -> bool:
+    """Whether ``path`` is, holds or lies inside one of ``folders`` (symlinks resolved).
+
+    $MYHOME is an allowed root for client files, but it also holds the
+    quarantine and the database folders: a client's ``tempdir`` there would
+    have the server read and remove them (``tempdir_removed_by=server``).
+    """
+    real = os.path.realpath(path).rstrip("/") + "/"
+    for folder in filter(None, folders):
+        other = os.path.realpath(folder).rstrip("/") + "/"
+        if real.startswith(other) or other.startswith(real):
             return True
     return False
 
@@ -183,6 +227,25 @@ def _file_facts(path: Path) -> tuple[int, bool]:
             if not eight_bit and not chunk.isascii():
                 eight_bit = True
     return size, eight_bit
+
+
+def release_request(kind: str, request: Request) -> ReleaseRequest:
+    """The attributes of a release/requeue/report request (4.5), not yet checked."""
+    return ReleaseRequest(
+        kind=kind, mail_id=request.get("mail_id") or "",
+        secret_id=request.get("secret_id") or "",
+        partition_tag=request.get("partition_tag"), quar_type=request.get("quar_type"),
+        mail_file=request.get("mail_file"), requested_by=request.get("requested_by"),
+        sender=request.get("sender"), recipients=tuple(request.all("recipient")))
+
+
+def release_response(replies: list[Reply]) -> bytes:
+    """One ``setreply`` per recipient and no return_value/exit_code (4.5, observed)."""
+    lines = []
+    for reply in replies:
+        enhanced = reply.enhanced or f"{reply.code // 100}.0.0"
+        lines.append(encode_line("setreply", str(reply.code), enhanced, reply.text))
+    return b"".join(lines) + b"\r\n"
 
 
 def header_field_edits(msg: Message, view: Any) -> list[tuple[str, ...]]:
@@ -296,6 +359,9 @@ class AMPDPServer(Protocol):
         self._closed = False
         self._timer: Any = None
         self._shutdown = False
+        self._skipping = False              # inside an overlong line: drop up to its LF
+        self._refused: str | None = None    # why the request being read gets a failure
+        self._request_size = 0
 
     # -- connection -----------------------------------------------------------------
     def connectionMade(self) -> None:
@@ -341,29 +407,59 @@ class AMPDPServer(Protocol):
     def _process_input(self) -> None:
         while not self._busy and not self._closed:
             nl = self._buf.find(b"\n")
+            if self._skipping:                  # the rest of an overlong line
+                self._buf = b"" if nl < 0 else self._buf[nl + 1:]
+                if nl < 0:
+                    return
+                self._skipping = False
+                continue
             if nl < 0:
                 if len(self._buf) > MAX_LINE:
-                    log.warning("AM.PDP: line too long, closing")
-                    self.transport.loseConnection()
-                    self._closed = True
+                    self._overlong(len(self._buf))
+                    self._buf, self._skipping = b"", True
                 return
             line, self._buf = self._buf[:nl], self._buf[nl + 1:]
             if line.endswith(b"\r"):
                 line = line[:-1]
-            if line:
+            if len(line) > MAX_LINE:
+                self._overlong(len(line))
+            elif line:
                 self._attribute(line)
             else:
                 request, self._request = self._request, Request()
-                self._handle(request)
+                refused, self._refused, self._request_size = self._refused, None, 0
+                if refused is not None:
+                    self._write(failure_reply(refused))
+                else:
+                    self._handle(request)
+
+    def _overlong(self, size: int) -> None:
+        """A line over MAX_LINE is dropped unread; its request is answered with a failure.
+
+        Ignoring it like an invalid line could silently lose a recipient or a path, so
+        the client gets a tempfail; the rest of the request is read to keep in step.
+        """
+        log.warning("INVALID AM.PDP ATTRIBUTE LINE: longer than %d bytes (%d read)",
+                    MAX_LINE, size)
+        self._refused = self._refused or "AM.PDP attribute line too long"
 
     def _attribute(self, line: bytes) -> None:
+        """Store one line; invalid lines are logged and ignored, unknown names too (4.1)."""
         parsed = parse_line(line)
         if parsed is None:
-            log.warning("INVALID AM.PDP ATTRIBUTE LINE: %r", line[:200])
+            log.warning("INVALID AM.PDP ATTRIBUTE LINE: %s",
+                        line[:200].decode("utf-8", "backslashreplace"))
+            return
+        self._request_size += len(line) + 1
+        if self._request_size > MAX_REQUEST:
+            if self._refused is None:
+                log.warning("AM.PDP request larger than %d bytes, refused", MAX_REQUEST)
+            self._refused = self._refused or "AM.PDP request too large"
             return
         name, value = parsed
         if name not in _KNOWN and name not in _POSTFIX:
-            log.info("Unknown AM.PDP attribute ignored: %s=%s", name, value[:100])
+            do_log(1, "AM.PDP: unknown attribute ignored: %s=%s", name, value[:100])
+            return
         self._request.add(name, value)
 
     # -- requests -------------------------------------------------------------------
@@ -374,7 +470,7 @@ class AMPDPServer(Protocol):
         elif kind == "smtpd_access_policy":
             self._write(b"action=DUNNO\n\n")        # Postfix reads LF lines (4.2)
         elif kind in ("release", "requeue", "report"):
-            self._write(failure_reply(f"request '{kind}' is not implemented yet"))
+            self._release(kind, request)
         elif kind in ("am.pdp", "am.cl"):
             self._am_pdp(request)
         else:
@@ -413,6 +509,25 @@ class AMPDPServer(Protocol):
         d.addCallback(lambda _r: response(msg, view))
         d.addErrback(self._failed, log_id)
         d.addCallback(self._answered, cleanup)
+
+    def _release(self, kind: str, request: Request) -> None:
+        """4.5: the handler does the work; the answer is written when it is done."""
+        self._busy = True
+        self._disarm_timer()
+        self.transport.pauseProducing()
+        d = defer.maybeDeferred(lambda: self.handler.pdp_release(release_request(kind, request)))
+        d.addCallback(release_response)
+        d.addErrback(self._release_failed, kind)
+        d.addCallback(self._answered, [])
+
+    def _release_failed(self, failure: Failure, kind: str) -> bytes:
+        """Refused or failed before dispatch: the generic failure triple (4.4, 4.5)."""
+        reason = failure.getErrorMessage() or failure.type.__name__
+        if failure.check(ReleaseError):
+            log.warning("AM.PDP %s request refused: %s", kind, reason)
+        else:
+            log.error("TROUBLE in AM.PDP %s: %s", kind, reason, exc_info=failure.value)
+        return failure_reply(reason)
 
     def _failed(self, failure: Failure, log_id: str) -> bytes:
         log.error("(%s) TROUBLE in check_mail: %s", log_id, failure.getErrorMessage(),
@@ -456,14 +571,16 @@ class AMPDPServer(Protocol):
         """Check the paths, read the envelope, load the banks (4.3)."""
         roots = [self.handler.tempbase, self.handler.myhome]
         tempdir = request.get("tempdir")
-        if tempdir is not None and not safe_path(tempdir, roots):
+        if tempdir is not None and (not safe_path(tempdir, roots)
+                                    or overlaps(tempdir, self.handler.protected)):
             raise RequestError(f"Suspicious temporary directory name '{tempdir}'")
         mail_file = request.get("mail_file")
         if mail_file is None:
             if tempdir is None:
                 raise RequestError("Missing 'tempdir' or 'mail_file' attribute")
             mail_file = tempdir + "/email.txt"
-        elif not mail_file.startswith("/") or ".." in mail_file.split("/"):
+        if not safe_path(mail_file, roots) or overlaps(mail_file, self.handler.protected):
+            # never read or delete a file elsewhere
             raise RequestError(f"Suspicious mail file name '{mail_file}'")
         rcpts = request.all("recipient")
         if not rcpts:

@@ -42,8 +42,8 @@ DEFAULT_CLAUSES: dict[str, str] = {
     "sel_adr": "SELECT id FROM maddr WHERE partition_tag=? AND email=?",
     "ins_adr": "INSERT INTO maddr (partition_tag, email, domain) VALUES (?,?,?)",
     "ins_msg": "INSERT INTO msgs (partition_tag, mail_id, secret_id, am_id,"
-               " time_num, time_iso, sid, policy, client_addr, size, originating, host)"
-               " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+               " time_num, time_iso, sid, policy, client_addr, size, host)"
+               " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
     "upd_msg": "UPDATE msgs SET content=?, quar_type=?, quar_loc=?, dsn_sent=?,"
                " spam_level=?, message_id=?, from_addr=?, subject=?, client_addr=?,"
                " originating=? WHERE partition_tag=? AND mail_id=?",

@@ -60,10 +60,10 @@ PROFILES = {
 
 @pytest.fixture
 def anchor_dir(tmp_path, monkeypatch):
-    """profile-dkim reads $ENV{ANCHOR_DIR}/conf/dkim/anchor.test.pem; a stand-in file will do."""
+    """profile-dkim reads $ENV{ANCHOR_DIR}/conf/dkim/anchor.test.pem: the anchor's key."""
     pem = tmp_path / "anchor" / "conf" / "dkim" / "anchor.test.pem"
     pem.parent.mkdir(parents=True)
-    pem.write_text("not a real key: amavisd only reads the file at config time\n")
+    pem.write_bytes((DATA.parent / "dkim" / "anchor.test.pem").read_bytes())
     monkeypatch.setenv("ANCHOR_DIR", str(tmp_path / "anchor"))
     return tmp_path / "anchor"
 
@@ -108,6 +108,9 @@ def expected_value(key: str, perl_value):
                     kept[known] = REGISTRY[known].parse(raw)
             banks[bank] = kept
         return banks
+    if key == "dkim_signing_keys_list":      # Conf.pm's records of the dkim_key() calls
+        return [{"domain": e["domain"], "selector": e["selector"], "key_ind": e["key_ind"]}
+                for e in perl_value]
     from amavisd.config.perlconf import _Decoder
 
     name = perl_name(key)
@@ -118,7 +121,10 @@ def expected_value(key: str, perl_value):
 def _plain(value):
     """Compare values, not the names of the Perl variables a reference pointed to."""
     from amavisd.config.perlconf import PerlScalarRef
+    from amavisd.dkim_keys import DkimKeyDecl
 
+    if isinstance(value, DkimKeyDecl):
+        return {"domain": value.domain_text, "selector": value.selector, "key_ind": value.index}
     if isinstance(value, PerlScalarRef):
         return ("scalar-ref", _plain(value.value))
     if isinstance(value, list):
@@ -164,7 +170,9 @@ def test_debian_config_values():
     assert config.origin("inet_socket_port").startswith("/etc/amavis/conf.d/20-debian_defaults:")
     accepted = config.accepted_not_implemented
     assert "policy_bank[AM.PDP-SOCK][auth_required_release]" not in accepted
-    assert "notify_sender_templ" in accepted and "av_scanners" not in accepted
+    assert "notify_sender_templ" not in accepted and "av_scanners" not in accepted
+    # 30-template_localization: read_l10n_templates('en_US', '/etc/amavis')
+    assert config.notify_sender_templ == Path("/etc/amavis/en_US/template-dsn.txt").read_text()
     assert config.final_virus_destiny == D_DISCARD        # Debian's 20-debian_defaults
     assert config.origin("final_virus_destiny").startswith("/etc/amavis/conf.d/20-debian")
     assert config.files[0] == "/usr/share/amavis/conf.d/10-debian_scripts"
@@ -226,7 +234,8 @@ def test_anchor_dkim_profile(anchor_dir):
     perlconf.assign_perl_config(result, config)
     assert config.policy_bank["ORIGINATING"] == {"originating": True}
     assert config.interface_policy == {"SOCK": "AM.PDP-SOCK", "31024": "ORIGINATING"}
-    assert "dkim_key(anchor.test, anchor)" in config.accepted_not_implemented
+    (decl,) = config.dkim_signing_keys_list        # read at config time (amavisd.dkim_keys)
+    assert (decl.domain, decl.selector, decl.bits) == ("anchor.test", "anchor", 2048)
 
 
 @needs_perl

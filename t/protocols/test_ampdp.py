@@ -30,6 +30,7 @@ class FakeHandler:
     def __init__(self, base: Path) -> None:
         self.tempbase = str(base / "tmp")
         self.myhome = str(base)
+        self.protected = [str(base / "virusmails"), str(base / "db")]
         self.timeout = 60.0
         self.messages: list[tuple[object, FakeView]] = []
         self.n = 0
@@ -174,7 +175,8 @@ def test_no_recipients(env):
 
 
 @pytest.mark.parametrize("bad", ["/tmp/../etc", "/etc", "relative/dir", "{base}/tmp/../x",
-                                 "{base}/tmp/a b"])
+                                 "{base}/tmp/a b", "{base}/virusmails", "{base}/virusmails/k",
+                                 "{base}/db"])
 def test_suspicious_tempdir(env, bad):
     server, transport, handler, tempdir = env
     bad = bad.format(base=handler.myhome)
@@ -194,6 +196,23 @@ def test_missing_file_and_bad_mail_file(env):
     assert "Suspicious%20mail%20file%20name" in lines[0]
 
 
+def test_a_tempdir_holding_the_quarantine_is_refused(env):
+    """Regression: with MYHOME as a root, tempdir_removed_by=server could remove it."""
+    server, transport, handler, tempdir = env
+    quarantine = Path(handler.myhome) / "virusmails" / "k"
+    quarantine.mkdir(parents=True)
+    (quarantine / "virus-kept").write_bytes(b"evidence")
+    for bad in (f"{handler.myhome}/virusmails", f"{handler.myhome}/virusmails/k"):
+        lines = send(server, transport, f"request=AM.PDP\ntempdir={bad}\n"
+                     "tempdir_removed_by=server\nrecipient=<b@x>\n\n")
+        assert "Suspicious%20temporary%20directory%20name" in lines[0]
+    lines = send(server, transport, request(tempdir, "b@x", extra=f"mail_file={quarantine}"
+                                                                  "/virus-kept"))
+    assert "Suspicious%20mail%20file%20name" in lines[0]
+    assert (quarantine / "virus-kept").read_bytes() == b"evidence"
+    assert handler.messages == []
+
+
 def test_server_removes_tempdir(env):
     server, transport, handler, tempdir = env
     text = request(tempdir, "bob@x.test").replace("tempdir_removed_by=client",
@@ -208,9 +227,6 @@ def test_other_requests(env):
     assert transport.value() == b""                      # no greeting
     send(server, transport, "request=smtpd_access_policy\nprotocol_state=RCPT\n\n")
     assert transport.value() == b"action=DUNNO\n\n"
-    lines = send(server, transport, "request=release\nmail_id=abc\n\n")
-    assert lines[0] == ("setreply=450 4.5.0 Failure:%20request%20'release'%20is%20not"
-                        "%20implemented%20yet")
     lines = send(server, transport, "request=bogus\n\n")
     assert lines == ["setreply=450 4.5.0 Failure:%20Unknown%20request%20'bogus'",
                      "return_value=tempfail", "exit_code=75", "", ""]
