@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from amavisd import decide as decider
-from amavisd.checks import badheader, banned, spam, virus
+from amavisd.checks import badheader, banned, dkim, spam, virus
 from amavisd.config.lookup import Lookups, lookup
 from amavisd.errors import TempFail
 from amavisd.log import do_log
@@ -276,6 +276,7 @@ def conclude(msg: Message, view: Any, examined: Examined, bulk: bool,
         virus_check_failed=bool(virus_result and virus_result.failed))
     apply_av_spam(spam_result, virus_result)
     add_spam_findings(msg, view, findings, spam_result, bulk)
+    dkim.adjust_spam_levels(msg, view)      # signer reputation (pipeline.md 11.2)
     result = ContentResult(tree, faults, hits, verdicts)
     for rcpt in msg.recipients:
         if rcpt.done:

@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 
 from amavisd import decide as decider
 from amavisd import ids
@@ -28,7 +28,7 @@ from amavisd.actions import dsn, quarantine
 from amavisd.actions.addrext import apply_address_extensions
 from amavisd.actions.forward import forward
 from amavisd.actions.headers import hops_refusal, plan_edits, render_header, split_header
-from amavisd.checks import spam
+from amavisd.checks import dkim, spam
 from amavisd.config.lookup import Lookups
 from amavisd.constants import (
     CCAT_DISPLAY_NAMES_MAJOR,
@@ -124,6 +124,15 @@ class Pipeline:
         facts = header_facts(block)
         if msg.client.addr is None and msg.client.mta_addr:
             msg.client.addr = msg.client.mta_addr     # section 3.11: from the top trace entry
+        if dkim.enabled(view):          # pipeline.md 24.1; author banks: 16, point 7
+            # DNS may be slow: a worker thread, bounded by $dkim_dns_timeout per message
+            yield threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                            dkim.verify, msg, view, block, msg.spool_path)
+            for bank in dkim.author_policy_banks(msg, view):
+                view.load(bank)
+            msg.policy_bank_path = view.policy_bank_path
+            msg.originating = bool(view.originating)
+            timing.mark("dkim")
         timing.mark("collect_info")
         if sql_db is not None and store_all:        # section 23: msgs row, content NULL
             stored = yield self._sql_preliminary(sql_db, msg, view, sql_deadline)
