@@ -570,7 +570,11 @@ def safe_relative(name: str) -> str:
 def _aliases(view: Any, quarantinedir: str | None) -> dict[str, Any]:
     configured = setting(view, "local_delivery_aliases")
     if configured is None:
-        return {a: (quarantinedir, None) for a in QUARANTINE_ALIASES}
+        aliases = {a: (quarantinedir, None) for a in QUARANTINE_ALIASES}
+        if quarantinedir:          # section 22.3: the archive examples amavis predefines
+            aliases["archive-files"] = (quarantinedir, None)
+            aliases["archive-mbox"] = (os.path.join(quarantinedir, "archive.mbox"), None)
+        return aliases
     return dict(configured)
 
 

@@ -10,8 +10,8 @@ and 20.5).  The steps, each refusing bad input before anything is read or sent:
    ``$QUARANTINEDIR``, named by a safe relative ``mail_file`` or by the guess
    ``[<first char>/]<mail_id>[.gz]``, or ``Q``, the SQL ``quarantine`` table.
 3. ``parse_stored``: the leading fields our quarantine wrote (``X-Envelope-*``,
-   ``X-Quarantine-ID``, which must name this mail_id); a BSMTP or mbox file is
-   refused.
+   ``X-Quarantine-ID``, which must name this mail_id); a BSMTP file is refused,
+   from an mbox the message with this ``X-Quarantine-ID`` is taken.
 4. The message is copied, chunk by chunk, into a private temp file, then either
    re-sent with ``Resent-*`` fields (``$release_format`` ``resend``) or wrapped
    in a short MIME notice (``arf``, ``attach``, ``plain``).
@@ -116,6 +116,8 @@ class Stored:
     quarantine_id: str | None = None
     kept: bytes = b""                            # X-Amavis-*/X-Spam-*/X-CRM114-* for report
     first: bytes = b""                           # the first line of the message itself
+    #: where the rest of the message is read from: an ``MboxMessage`` for an mbox
+    body: Any = None
 
 
 # ------------------------------------------------------------------ checks (4.5)
@@ -366,12 +368,104 @@ def check_address(address: str, what: str) -> str:
     return address
 
 
+_MBOX_QID = re.compile(rb"X-Quarantine-ID:[ \t]*<?([^>\s]*)>?[ \t]*\r?\n?\Z", re.I)
+_MBOXRD_QUOTED = re.compile(rb">+From ")
+
+
+class MboxMessage:
+    """One message of a Unix mbox, found by its ``X-Quarantine-ID``, read line by line.
+
+    ``local:`` quarantine to a mailbox file (section 22.3) appends each message
+    after a ``From `` line, with mboxrd quoting (``>*From `` gets one more ``>``)
+    and a blank line after it.  This reads the mbox once, skipping the other
+    messages, and gives back the chosen one unquoted, without the added blank
+    line: what ``parse_stored`` would read from a one-message file.  Memory is
+    bounded by the leading fields of one message.
+    """
+
+    def __init__(self, reader: BinaryIO, mail_id: str):
+        self._reader = reader
+        self._want = mail_id.encode("ascii", "replace")
+        self._pending: list[bytes] = []     # lines found, not yet handed out
+        self._next: bytes | None = None       # a line read ahead after an empty one
+        self._done = False
+        self._at_start = True                 # the last line read ended with a newline
+        self._find()
+
+    def _raw_line(self) -> bytes:
+        line = self._reader.readline(LINE_LIMIT)
+        starts = self._at_start
+        self._at_start = line.endswith(b"\n")
+        return line if starts else b"\0" + line   # mark continuations: never a separator
+
+    def _find(self) -> None:
+        """Advance to the message with our X-Quarantine-ID; keep its first lines."""
+        while True:
+            head: list[bytes] = []
+            size = 0
+            while True:                       # the leading fields of one message
+                line = self._raw_line()
+                if not line or line.startswith(b"From ") or line in (b"\n", b"\r\n"):
+                    break
+                head.append(line)
+                size += len(line)
+                if size > LEADING_LIMIT:
+                    raise ReleaseError("Quarantined mailbox: leading header fields too long")
+                match = _MBOX_QID.match(line)
+                if match and match.group(1) == self._want:
+                    self._pending = head
+                    return
+            if not line:
+                raise ReleaseError(f"Quarantined mailbox holds no message {self._want.decode()}")
+            while line and not line.startswith(b"From "):   # skip the rest of it
+                line = self._raw_line()
+            if not line:
+                raise ReleaseError(f"Quarantined mailbox holds no message {self._want.decode()}")
+
+    def readline(self, limit: int = -1) -> bytes:
+        if self._pending:
+            return self._unquote(self._pending.pop(0))
+        if self._done:
+            return b""
+        line, self._next = (self._next, None) if self._next is not None else (
+            self._raw_line(), None)
+        if not line or line.startswith(b"From "):
+            self._done = True
+            return b""
+        if line in (b"\n", b"\r\n"):            # the separator, if a From line follows
+            following = self._raw_line()
+            if not following or following.startswith(b"From "):
+                self._done = True
+                return b""
+            self._next = following
+        return self._unquote(line)
+
+    def read(self, size: int = -1) -> bytes:
+        """Whole lines up to about ``size`` bytes (the copy loop reads in chunks)."""
+        out: list[bytes] = []
+        total = 0
+        while size < 0 or total < size:
+            line = self.readline()
+            if not line:
+                break
+            out.append(line)
+            total += len(line)
+        return b"".join(out)
+
+    @staticmethod
+    def _unquote(line: bytes) -> bytes:
+        if line.startswith(b"\0"):
+            return line[1:]
+        return line[1:] if _MBOXRD_QUOTED.match(line) else line
+
+
 def parse_stored(reader: BinaryIO, mail_id: str, *, keep_report_fields: bool) -> Stored:
     """Read the leading fields (pipeline.md 22.4) and stop at the first other line.
 
     That line is kept in ``first``; the rest of the message stays in ``reader``.
     X-Amavis-*/X-Spam-*/X-CRM114-* fields are dropped, or kept for a report.
-    A BSMTP file (``EHLO``/``MAIL FROM:`` first) or an mbox (``From ``) is refused.
+    A BSMTP file (``EHLO``/``MAIL FROM:`` first) is refused; in an mbox (``From ``
+    first) the message whose ``X-Quarantine-ID`` is ``mail_id`` is taken.
     """
     stored = Stored()
     kept: list[bytes] = []
@@ -380,8 +474,9 @@ def parse_stored(reader: BinaryIO, mail_id: str, *, keep_report_fields: bool) ->
     line = reader.readline(LINE_LIMIT)
     if re.match(rb"(EHLO|HELO|LHLO) |MAIL FROM:", line, re.I):
         raise ReleaseError("Releasing messages from a BSMTP quarantine is not supported")
-    if line.startswith(b"From "):
-        raise ReleaseError("Releasing messages from a mailbox (mbox) file is not supported")
+    if line.startswith(b"From "):            # a local: mbox (archive.mbox): pick ours
+        reader = stored.body = MboxMessage(reader, mail_id)
+        line = reader.readline(LINE_LIMIT)
     while True:
         if line[:1] in (b" ", b"\t") and pending:
             pending.append(line)
@@ -646,6 +741,7 @@ def prepare(request: ReleaseRequest, view: Any, config: Any, *, mail_id: str,
     try:
         stored = parse_stored(reader, request.mail_id,
                               keep_report_fields=request.kind == "report")
+        reader = stored.body or reader
         sender = sender_override if sender_override is not None else (stored.sender or "")
         check_address(sender, "sender")
         if alt:

@@ -240,11 +240,34 @@ def test_parse_stored_stops_at_first_other_field() -> None:
     assert stored.first + reader.read() == b"Subject: x\nX-Envelope-To: <evil@b>\n\nbody\n"
 
 
+MBOX = (b"From <a@x> Mon Nov 30 00:00:00 2026\nReturn-Path: <a@x>\nX-Quarantine-ID: <AAA>\n"
+        b"Subject: one\n\nbody1\n>From me\n\n"
+        b"From <a@x> Mon Nov 30 00:00:01 2026\nReturn-Path: <a@x>\nX-Envelope-To: <b@y>\n"
+        b"X-Envelope-To-Blocked: <b@y>\nX-Quarantine-ID: <BBB>\nSubject: two\n\nbody2\n"
+        b">>From x\n\n\n"
+        b"From <a@x> Mon Nov 30 00:00:02 2026\nX-Quarantine-ID: <CCC>\n\nthree\n\n")
+
+
+@pytest.mark.parametrize(("mail_id", "message"), [
+    ("AAA", b"Subject: one\n\nbody1\nFrom me\n"),
+    ("BBB", b"Subject: two\n\nbody2\n>From x\n\n"),      # its own empty line is kept
+    ("CCC", b"\nthree\n"),
+])
+def test_mbox_message_is_picked_by_its_quarantine_id(mail_id: str, message: bytes) -> None:
+    """mboxrd quoting undone, the separator's blank line dropped, the others skipped."""
+    reader = io.BufferedReader(io.BytesIO(MBOX))
+    stored = rel.parse_stored(reader, mail_id, keep_report_fields=False)
+    assert stored.quarantine_id == mail_id
+    assert stored.first + stored.body.read(1 << 20) == message
+    assert stored.blocked == (["b@y"] if mail_id == "BBB" else None)
+
+
 @pytest.mark.parametrize(("data", "why"), [
     (b"EHLO localhost\nMAIL FROM:<a@b>\n", "Releasing messages from a BSMTP quarantine is "
                                            "not supported"),
-    (b"From a@b Mon Nov 30 03:02:43 2026\nX-Quarantine-ID: <kX3V0tN-vU4A>\n",
-     "Releasing messages from a mailbox (mbox) file is not supported"),
+    (b"From a@b Mon Nov 30 03:02:43 2026\nX-Quarantine-ID: <OTHERid01234>\n\nbody\n"
+     b"From a@b Mon Nov 30 03:02:44 2026\nSubject: no id\n\nkX3V0tN-vU4A\n",
+     "Quarantined mailbox holds no message kX3V0tN-vU4A"),
     (b"X-Envelope-From: <a@b>\nSubject: x\n\nbody\n",
      "Quarantined message kX3V0tN-vU4A has no X-Quarantine-ID field"),
     (b"X-Quarantine-ID: <OTHERid01234>\nSubject: x\n\nbody\n",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -176,6 +177,31 @@ def test_gz_quarantine_release(amavisd, sink, tmp_path):
     assert done.returncode == 0, done.stderr
     (msg,) = to(sink, BOB)
     check_resent(msg.data, mail_id, f"<{BOB}>")
+
+
+def test_mbox_quarantine_release(amavisd, sink, tmp_path):
+    """A ``local:`` mailbox (the predefined ``archive-mbox``): the message named by
+    its mail_id is picked out of the mbox, unquoted, and released."""
+    daemon, sock = start(amavisd, tmp_path, "banned_quarantine_to_maps = ['archive-mbox']\n")
+    assert quarantine_banned(daemon) == "archive.mbox"
+    assert quarantine_banned(daemon, seen=1) == "archive.mbox"
+    ids = re.findall(r"Blocked BANNED .*?, mail_id: (\S+?),", daemon.logfile_text())
+    assert len(ids) == 2 and ids[0] != ids[1]
+    # the name holds no mail_id, so the request names it (as a web front end would)
+    raw = socket.socket(socket.AF_UNIX)
+    raw.settimeout(30)
+    raw.connect(str(sock))
+    raw.sendall(f"request=release\r\nmail_id={ids[1]}\r\nquar_type=F\r\n"
+                "mail_file=archive.mbox\r\n\r\n".encode())
+    reply = b""
+    while not reply.endswith(b"\r\n\r\n"):
+        chunk = raw.recv(4096)
+        assert chunk, reply
+        reply += chunk
+    raw.close()
+    assert reply.startswith(b"setreply=250 2.0.0"), reply
+    (msg,) = wait_for(lambda: to(sink, BOB) or None, 15, "the released message")
+    check_resent(msg.data, ids[1], f"<{BOB}>")
 
 
 # ------------------------------------------------------------------ Debian's Perl client
