@@ -98,6 +98,9 @@ class Child:
         from amavisd.sql.lookup import activate
 
         activate(self.config)      # SQL fields answer from this child's config (not a reload's)
+        from amavisd.protocols import smtp_cache
+
+        smtp_cache.activate(self.config, reactor)   # outgoing sessions: one cache per child
         self._adopt_ports()
         from twisted.internet.task import LoopingCall
 
@@ -170,8 +173,11 @@ class Child:
             amavis_log.do_log(2, "Requesting process rundown after %d tasks (and %d sessions)",
                               self.tasks, self.connections)
             self.retire = True
-        if self.retire or self.stopping:
-            self.reactor.callLater(0, self._stop_reactor)
+        from amavisd.protocols import smtp_cache
+
+        rundown = smtp_cache.end_of_session(final=self.retire or self.stopping)   # spec 5.6
+        if self.retire or self.stopping:        # after the cached sessions' QUIT went out
+            rundown.addBoth(lambda _: self.reactor.callLater(0, self._stop_reactor))
         else:
             self.reactor.callLater(0, self.accepting, True)
 

@@ -178,9 +178,18 @@ class AmpdpSession:
         return self.log_id
 
     def request_view(self, client_addr: str | None, banks: list[str]) -> BankView:
-        """originating=1, then client-IP banks, then the request's banks (4.3)."""
+        """originating=1, then client-IP banks, then the request's banks (4.3).
+
+        "Set to 1, then recomputed from the banks": a bank this connection already
+        loaded (the socket's, e.g. ``{'originating' => 0}``) keeps its say.
+        """
         view = self.baseline.copy()
         view.set("originating", True)
+        banks_in_force = self.child.config.policy_bank or {}
+        for name in self.baseline.banks:
+            bank = banks_in_force.get(name)
+            if isinstance(bank, dict) and "originating" in bank:
+                view.set("originating", bank["originating"])
         load_client_ip_banks(view, client_addr)
         for bank in banks:
             view.load(bank)                  # unknown banks are silently ignored

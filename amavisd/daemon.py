@@ -95,7 +95,7 @@ def run(config, opts, mode: str) -> int:
     # daemon user may not be able to read the Python installation (and forks are faster)
     from amavisd.master import Master, preimport
 
-    preimport()
+    preimport(config)
     try:
         privileges.drop(identity, config.daemon_chroot_dir)
         privileges.check_not_writable(config.files)

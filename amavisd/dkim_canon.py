@@ -24,9 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import dkim
-from dkim.canonicalization import CanonicalizationPolicy
-
 CHUNK = 256 * 1024
 #: A partial line longer than this is canonicalised up to its trailing whitespace, so
 #: a body without line ends does not grow the carry without bound.
@@ -203,12 +200,37 @@ def split_fields(block: bytes) -> list[Field]:
 def header_digest(fields: Sequence[Field], signed: Sequence[bytes], canon_header: str,
                   canon_body: str, sig_field: Field, hash_name: str) -> bytes:
     """The header hash of RFC 6376 3.7: the ``h=`` fields bottom-up, then the signature
-    field itself with its ``b=`` value emptied and no final CRLF (dkimpy does both)."""
+    field itself with its ``b=`` value emptied and no final CRLF (dkimpy does both).
+    python-dkim is imported here, not at the top: only signing and verifying need it."""
+    import dkim
+    from dkim.canonicalization import CanonicalizationPolicy
+
     policy = CanonicalizationPolicy.from_c_value(f"{canon_header}/{canon_body}".encode())
     hasher = HASHES[hash_name]()
-    headers = policy.canonicalize_headers([list(f) for f in fields])
+    headers = policy.canonicalize_headers(
+        [list(f) for f in _selected(fields, signed, canon_header == "relaxed")])
     dkim.hash_headers(hasher, policy, headers, list(signed), list(sig_field), None)
     return hasher.digest()
+
+
+def _selected(fields: Sequence[Field], signed: Sequence[bytes], relaxed: bool) -> list[Field]:
+    """The fields ``h=`` picks (dkimpy's ``select_headers``: per name, bottom-up), in
+    header order.  Only these need canonicalising, the most costly part of the header
+    hash; dkimpy selecting again from this subset picks the same fields in the same
+    order, since a name's picks are always its bottom-most occurrences.  Names compare
+    as dkimpy compares them after canonicalisation (relaxed also drops trailing blanks)."""
+    names = [f[0].lower().rstrip() if relaxed else f[0].lower() for f in fields]
+    chosen: set[int] = set()
+    last: dict[bytes, int] = {}
+    for name in signed:
+        i = last.get(name, len(fields))
+        while i > 0:
+            i -= 1
+            if names[i] == name:
+                chosen.add(i)
+                break
+        last[name] = i
+    return [f for i, f in enumerate(fields) if i in chosen]
 
 
 def parse_canon(value: bytes | None) -> tuple[str, str]:

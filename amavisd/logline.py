@@ -4,6 +4,12 @@
 mail_id: .., Hits: -, size: 4090, queued_as: .., 71 ms`` - one line for the
 delivered recipients and one for the blocked ones.  Built from the decision and
 the outcomes only; checks never log it.
+
+The daemon writes it through ``$log_templ`` / ``$log_recip_templ`` (``log_entries``:
+our defaults in conf/templates/log-*.txt are amavis's built-in log templates);
+``main_log_lines`` builds the same line by hand.  It is the reference the
+template output is tested against, and the fallback when an admin's template
+fails to expand.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ def ccat_log_name(ccat: str, banned_reason: str | None = None,
     if number == 8:
         return f"BANNED ({banned_reason or ''})"
     if number == 9:
-        return f"INFECTED ({', '.join(virus_names or [])})"
+        return f"INFECTED ({', '.join(dict.fromkeys(virus_names or []))})"
     return _CCAT_LOG_NAMES.get(number, "OTHER")
 
 
@@ -71,6 +77,21 @@ def quote_address(addr: str) -> str:
     return f"<{local}@{domain}>" if at else f"<{local}>"
 
 
+def actions_performed(msg: Message, local: list[bool] | tuple[bool, ...]) -> list[str]:
+    """``%actions_performed``: the recipients' status words with their direction, once
+    each and sorted by their InMsgsStatus counter name (``RelayedTagged`` before
+    ``RelayedUntagged``, shown as ``Relayed``), then what the actions added
+    (``Quarantined``, ``Archived``); the same list on the Passed and the Blocked line
+    (spec monitoring.md 5.3)."""
+    names = set()
+    for rcpt, is_local in zip(msg.recipients, local, strict=True):
+        word = status_word(rcpt)
+        names.add(("RelayedUntagged" if word == "Relayed" else word)
+                  + direction(bool(is_local), msg.originating))
+    actions = [re.sub(r"\ARelayedUntagged", "Relayed", n) for n in sorted(names)]
+    return actions + [a for a in msg.actions_performed if a not in actions]
+
+
 def _queued_as(rcpts: list[Recipient]) -> str | None:
     ids: list[str] = []
     for rcpt in rcpts:
@@ -95,12 +116,7 @@ def main_log_lines(msg: Message, facts, local_of, elapsed_ms: float,
             reason = next((content.banned[r.address].banning_reason_short for r in group
                            if r.address in content.banned), None) or next(
                 (v.banning_reason_short for v in content.banned.values()), None)
-        actions = []
-        for rcpt in group:
-            act = status_word(rcpt) + direction(local_of(rcpt.address), msg.originating)
-            if act not in actions:
-                actions.append(act)
-        actions += msg.actions_performed
+        actions = actions_performed(msg, [bool(local_of(r.address)) for r in msg.recipients])
         name = ccat_log_name(ccat, reason, msg.findings.get("virus_names"))
         parts = [f"{word} {name} {{{','.join(actions)}}},"]
         if msg.policy_bank_path:
@@ -127,6 +143,9 @@ def main_log_lines(msg: Message, facts, local_of, elapsed_ms: float,
             extras.append(f"mail_id: {msg.mail_id}")
         extras.append(f"Hits: {msg.findings.get('hits', '-')}")
         extras.append(f"size: {msg.size}")
+        partition = msg.findings.get("partition_tag")
+        if partition not in (None, "", 0, "0"):
+            extras.append(f"pt: {partition}")
         if word == "Passed":
             queued = _queued_as(group)
             if queued:

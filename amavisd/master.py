@@ -64,11 +64,14 @@ class SlotMemo:
     crashed: bool = False
 
 
-def preimport() -> None:
+def preimport(config=None) -> None:
     """Import what children need before forking, so a fresh child is ready in milliseconds.
 
     Twisted's modules are fine to import here; only the reactor must not be
-    installed in the master (spec/prototype.md, pitfalls).
+    installed in the master (spec/prototype.md, pitfalls).  Modules of features the
+    config leaves off are not imported (a child's memory counts every page it
+    inherits): python-dkim and dnspython (~4 MB) only when DKIM signing or
+    verification is on, globally or in some policy bank.
     """
     import email.parser
     import email.policy  # noqa: F401
@@ -81,8 +84,24 @@ def preimport() -> None:
     import amavisd.actions.forward
     import amavisd.child
     import amavisd.pipeline
-    import amavisd.protocols.smtp_server  # noqa: F401
+    import amavisd.protocols.smtp_server
+    if config is None or _dkim_in_use(config):
+        import dkim.canonicalization
+        import dkim.crypto
+        import dkim.util  # noqa: F401
+
+        import amavisd.dkim_dns  # noqa: F401
     assert "twisted.internet.reactor" not in sys.modules, "reactor imported in the master"
+
+
+def _dkim_in_use(config) -> bool:
+    """DKIM signing or verification on in the base settings or in any policy bank."""
+    names = ("enable_dkim_verification", "enable_dkim_signing")
+    if any(getattr(config, name, None) for name in names):
+        return True
+    banks = getattr(config, "policy_bank", None) or {}
+    return any(isinstance(bank, dict) and any(bank.get(name) for name in names)
+               for bank in banks.values())
 
 
 class Master:

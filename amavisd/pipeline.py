@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from twisted.internet import defer, threads
 
 from amavisd import decide as decider
-from amavisd import ids
+from amavisd import ids, msglog
 from amavisd import log as amavis_log
 from amavisd import stats as stats_mod
-from amavisd.actions import dsn, quarantine
+from amavisd.actions import dsn, notify, quarantine
 from amavisd.actions.addrext import apply_address_extensions
 from amavisd.actions.forward import forward
 from amavisd.actions.headers import hops_refusal, plan_edits, render_header, split_header
@@ -43,8 +43,8 @@ from amavisd.constants import (
 )
 from amavisd.content import conclude, examine
 from amavisd.errors import Reply, TempFail
-from amavisd.header import header_facts, oldest_public_ip, read_header_block
-from amavisd.logline import direction, main_log_lines, status_word, timing_report
+from amavisd.header import header_facts, read_header_block
+from amavisd.logline import direction, status_word, timing_report
 from amavisd.message import Message
 from amavisd.sql import connection as sql_connection
 from amavisd.sql import storage
@@ -133,6 +133,7 @@ class Pipeline:
             msg.policy_bank_path = view.policy_bank_path
             msg.originating = bool(view.originating)
             timing.mark("dkim")
+        dkim.set_sender_credible(msg)       # pipeline.md 4: orig/dkim, for the DSN cutoffs
         timing.mark("collect_info")
         if sql_db is not None and store_all:        # section 23: msgs row, content NULL
             stored = yield self._sql_preliminary(sql_db, msg, view, sql_deadline)
@@ -176,6 +177,9 @@ class Pipeline:
             timing.mark("gen_mail_id")
         if requests:           # QuarMsgs* and OutMsgs* are counted in actions/
             yield quarantine.quarantine_async(msg, requests, view, self.reactor, deadline)
+        # pipeline.md 19: admin and recipient notices; a 4xx tempfails the message (as Perl)
+        yield notify.send(msg, view, self.reactor, is_local=lambda a: self.is_local(view, a),
+                          deadline=deadline, stats=self.stats)
         timing.mark("notif-quar")
         self.stats.set_state(ST_FORWARDING)
         yield self._forward(msg, view)
@@ -188,7 +192,8 @@ class Pipeline:
         dsn_plan = dsn.plan(msg, view, per_recipient_capable=msg.lmtp)
         if dsn_plan.needed:
             yield dsn.send(msg, view, self.reactor, per_recipient_capable=msg.lmtp,
-                           deadline=deadline, forwarded_any=forwarded)
+                           deadline=deadline, forwarded_any=forwarded,
+                           is_local=lambda a: self.is_local(view, a))
             timing.mark("DSN")
         elif dsn_plan.suppressed:                 # protocols.md 3.8: bounce.suppressed
             msg.findings["dsn_sent"] = 2
@@ -199,14 +204,17 @@ class Pipeline:
             timing.mark("sql-update")
         self._count(msg, view, timing)
         self.stats.set_state(ST_CHECK_DONE)
-        origin_ip = oldest_public_ip(facts.received)
-        quarantined = quarantine.log_locations(msg, view)
-        for line in main_log_lines(msg, facts, lambda a: self.is_local(view, a),
-                                   timing.total_ms(), origin_ip, quarantined):
-            amavis_log.do_log(0, "%s", line)
+        # main log entries ($log_templ), the JSON event and Redis: amavisd/msglog.py
+        amavis_log.apply_bank(view)         # $log_level, $syslog_ident/facility of the bank
+        msglog.log_message(self.config, msg, view, block, facts,
+                           [self.is_local(view, r.address) for r in msg.recipients],
+                           timing.total_ms, msglog.elapsed_sections(
+                               timing.sections, timing.elapsed, timing.total_ms()), stored)
         if logging.getLogger().isEnabledFor(amavis_log.py_level(2)):
-            amavis_log.do_log(2, "%s", timing_report(msg.size, timing.sections,
-                                                     timing.total_ms()))
+            timing.mark("rundown")          # monitoring.md 5.4: always the last section
+            amavis_log.do_log(2, "%s", timing_report(
+                msg.size, timing.sections, sum(ms for _, ms in timing.sections)))
+        amavis_log.restore_base()
 
     def _storage(self) -> sql_connection.Database | None:
         """This child's ``@storage_sql_dsn`` connection, or None (unset, or an unusable DSN)."""
@@ -258,14 +266,20 @@ class Pipeline:
         ``msg.findings`` as decide and the checks left them.
         """
         passed = []
+        client_delivers = False
         for rcpt in msg.recipients:
             if rcpt.done or rcpt.destiny != D_PASS:
                 continue
             rcpt.delivery_method = view.forward_method
             if not rcpt.delivery_method:  # the AM.PDP client delivers (section 5.1)
                 rcpt.reply = Reply(250, "2.5.0", f"Ok, id={msg.log_id}, continue delivery")
+                client_delivers = True
                 continue
             passed.append(rcpt)
+        if client_delivers:   # pipeline.md 24.3: its copy is signed too, for the response
+            from amavisd.actions.dkim_sign import sign_for_client
+
+            sign_for_client(msg, view)
         if not passed:
             return defer.succeed(None)
         try:

@@ -12,6 +12,7 @@ ours/Perl per cell) to stdout; progress goes to stderr.
     python bench/compare.py --profile clamd    # + virus scan (the anchor's clamd, both sides)
     python bench/compare.py --profile full --sizes 4k --count-4k 120   # + spam checks
     python bench/compare.py --profile sql      # pass + SQL logging on PostgreSQL, both sides
+    python bench/compare.py --profile dkim --sizes 4k --concs 2   # pass + DKIM signing
 
 Profiles as in the anchor: ``pass`` (no scanners), ``clamd`` (virus scan with the anchor's
 private clamd, which both daemons ask), ``full`` (clamd + SpamAssassin: Perl loads it in
@@ -20,7 +21,11 @@ only; its memory is sampled during our runs and reported next to our children's)
 (``pass`` plus ``@storage_sql_dsn`` on the local PostgreSQL, database ``test``: each side
 writes msgs/msgrcpt/maddr rows into its own fresh schema, ``amavis_bench_perl`` and
 ``amavis_bench_ours``, made from sql/schema-pg.sql; the Perl side needs DBD::Pg, Debian's
-libdbd-pg-perl; after each side the rows are counted against the messages sent).
+libdbd-pg-perl; after each side the rows are counted against the messages sent), ``dkim``
+(``pass`` plus DKIM signing of all mail, which is originating on both filter ports, with
+the anchor's 2048-bit key ``$ANCHOR/conf/dkim/anchor.test.pem``, d=anchor.test s=anchor,
+relaxed/simple; after each side a sample of the signed messages in the sink is verified
+with dkimpy against the anchor's published record ``conf/dkim/anchor.test.txt``).
 
 Sink: both daemons forward to OUR sink (bench/sink.py) on 127.0.0.1:31025, the port the
 anchor's Perl config forwards to; the anchor's own smtp-sink must not be running (the
@@ -59,7 +64,7 @@ OURS_PORT = 32024
 PERL_PIDFILE = "/tmp/anchor-amavis.pid"
 OURS_HOME = "/tmp/amavisd-bench"
 ANCHOR_COPY = Path("/tmp/anchor")
-PROFILES = ("pass", "clamd", "full", "sql")
+PROFILES = ("pass", "clamd", "full", "sql", "dkim")
 PG = {"host": "127.0.0.1", "port": 5432, "dbname": "test", "user": "postgres"}
 SPAMD = "/usr/sbin/spamd"
 SPAMD_PORT = 32783          # must match spamd_address in bench/conf/amavisd-full.conf
@@ -122,6 +127,54 @@ def sql_prepare() -> str:
     for path in (perl_conf, ours_conf("sql")):
         os.chmod(path, 0o644)
     return f"-c {perl_conf}"
+
+
+# ----------------------------------------------------------------------------- dkim profile
+DKIM_SAMPLE = 6                     # signed messages verified per side
+DKIM_FALLBACK = REPO / "t" / "data" / "dkim"    # the same fixed test key as the anchor's
+
+
+def dkim_record(anchor: Path | None) -> str:
+    """The TXT record the anchor published for its key (setup.sh), or the test copy's."""
+    folder = anchor / "conf" / "dkim" if anchor else DKIM_FALLBACK
+    text = (folder / "anchor.test.txt").read_text()
+    return text[text.index('"') + 1:text.rindex('"')]
+
+
+def sink_files(sink: Sink) -> set[str]:
+    return {p.name for p in sink.dir.iterdir() if p.suffix == ".eml"}
+
+
+def dkim_check(sink: Sink, before: set[str], record: str) -> tuple[int, int, list[str]]:
+    """(verified, sampled, problems): dkimpy on up to DKIM_SAMPLE of the messages this side
+    delivered, spread over its runs; each must carry exactly one signature, d=anchor.test
+    s=anchor, that verifies against ``record`` (no DNS: the record is given)."""
+    import dkim
+
+    new = sorted(sink_files(sink) - before, key=lambda n: (sink.dir / n).stat().st_mtime)
+    if not new:
+        return 0, 0, ["no messages in the sink"]
+    step = max(1, len(new) // DKIM_SAMPLE)
+    sample = new[::step][:DKIM_SAMPLE]
+    ok, problems = 0, []
+
+    def dns(name: bytes, timeout: int = 5) -> bytes | None:
+        return record.encode() if name.rstrip(b".") == b"anchor._domainkey.anchor.test" else None
+
+    for name in sample:
+        lines = (sink.dir / name).read_bytes().split(b"\r\n")
+        while lines and lines[0].startswith(b"X-Sink-"):     # the sink's envelope lines
+            lines.pop(0)
+        raw = b"\r\n".join(lines)
+        head = raw.split(b"\r\n\r\n", 1)[0].replace(b"\r\n\t", b" ").split(b"\r\n")
+        sigs = [f for f in head if f.lower().startswith(b"dkim-signature:")]
+        if len(sigs) != 1 or b" d=anchor.test;" not in sigs[0] or b" s=anchor;" not in sigs[0]:
+            problems.append(f"{name}: {len(sigs)} DKIM-Signature field(s) of anchor.test")
+        elif dkim.verify(raw, dnsfunc=dns):
+            ok += 1
+        else:
+            problems.append(f"{name}: signature does not verify")
+    return ok, len(sample), problems
 
 
 def log(msg: str) -> None:
@@ -686,6 +739,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict] = []
     skipped: list[str] = []
     sql_rows: list[tuple[str, str]] = []
+    dkim_rows: list[tuple[str, int, int, list[str]]] = []
     failed = False
     anchor: Path | None = None
     clamd: Clamd | None = None
@@ -717,10 +771,13 @@ def main(argv: list[str] | None = None) -> int:
                 skipped.append("Perl (anchor missing or setup failed)")
             else:
                 perl = PerlDaemon(anchor, args.max_servers, args.profile)
+                before = sink_files(sink)
                 try:
                     run_matrix(perl, perl.start(), args, sink, results)
                 finally:
                     perl.stop()
+                if args.profile == "dkim":
+                    dkim_rows.append(("Perl", *dkim_check(sink, before, dkim_record(anchor))))
                     if args.profile == "sql":
                         sql_rows.append(("Perl", sql_counts("amavis_bench_perl")))
         if args.skip_ours:
@@ -737,8 +794,14 @@ def main(argv: list[str] | None = None) -> int:
                 ours = None
                 try:
                     spamd_pid = spamd.start() if spamd else None
+                    if args.profile == "dkim" and anchor is not None:
+                        os.environ["ANCHOR_DIR"] = str(anchor)   # the Perl side's key file
                     ours = OurDaemon(cmd, args.max_servers, work, args.profile, spamd_pid)
+                    before = sink_files(sink)
                     run_matrix(ours, ours.start(), args, sink, results)
+                    if args.profile == "dkim":
+                        dkim_rows.append(("ours", *dkim_check(sink, before,
+                                                              dkim_record(anchor))))
                 except RuntimeError as e:
                     log(str(e))
                     skipped.append("ours (failed to start)")
@@ -766,9 +829,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile == "sql":
         print("\nSQL rows after each side (every message sent must have a finished msgs row): "
               + "; ".join(f"{who}: {rows}" for who, rows in sql_rows))
+    if args.profile == "dkim":
+        print("\nDKIM signatures in the sink, verified with dkimpy against the anchor's "
+              "record: " + "; ".join(f"{who}: {ok}/{n} pass" + (f" ({'; '.join(p[:3])})"
+                                                               if p else "")
+                                    for who, ok, n, p in dkim_rows))
     if skipped:
         print("\nNot measured: " + "; ".join(skipped))
-    bad = failed or any(r["rc"] for r in results)
+    bad = failed or any(r["rc"] for r in results) or any(
+        ok != n or not n for _, ok, n, _ in dkim_rows)
     return 1 if bad else 0
 
 

@@ -78,6 +78,9 @@ class _Handler(socketserver.StreamRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # replies go out at once: without this each forwarded message in the tests
+        # waited ~40 ms for the delayed ACK (Nagle) before our daemon saw the 250
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.session = SinkSession()
         with self.server.lock:
             self.server.sessions.append(self.session)

@@ -75,6 +75,8 @@ _ALGORITHMS = {"rsa-sha256": ("rsa", "sha256"), "rsa-sha1": ("rsa", "sha1"),
 _HASH = {"sha256": hashes.SHA256, "sha1": hashes.SHA1}
 WIDTH = 78
 _BODY_CACHE = "_dkim_body_hashes"
+#: ``msg.findings`` key: the fields (name, body) an AM.PDP client inserts, topmost first
+FINDING_CLIENT_FIELDS = "dkim_client_fields"
 
 
 @dataclass
@@ -124,13 +126,97 @@ def signed_content(msg: Any, header: bytes, body_offset: int, view: Any,
     return b"".join(fields) + header, body_offset
 
 
+def sign_for_client(msg: Any, view: Any) -> None:
+    """AM.PDP/milter: sign the message the client (the MTA) delivers (pipeline.md 24.3).
+
+    The header signed is the spool's header with the client's edits applied as the
+    MTA applies them (``delivered_header`` of ``protocols.ampdp.planned_header_edits``),
+    the topmost Received left unsigned (the MTA's own, which it may render otherwise).
+    No Authentication-Results for the new signature: the Perl daemon sends none there.
+    The fields to insert are kept in ``msg.findings[FINDING_CLIENT_FIELDS]`` for the
+    response; called by the pipeline when it would forward, so the main log line
+    carries ``dkim_new=`` as amavis's does.  Never raises.
+    """
+    if not signing_enabled(view):
+        return
+    try:
+        from amavisd.actions.headers import split_header
+        from amavisd.protocols.ampdp import planned_header_edits
+
+        split = split_header(msg.spool_path)
+        if not split.complete:
+            return
+        header = delivered_header(split.block, planned_header_edits(msg, view))
+        fields = signature_fields(msg, header, split.body_offset, view,
+                                  skip_topmost_received=True, authres=False)
+    except Exception as exc:  # noqa: BLE001 - an unsigned message beats a lost one
+        do_log(0, "dkim: signing error: %s", exc)
+        return
+    if fields:
+        msg.findings[FINDING_CLIENT_FIELDS] = [client_field(f) for f in fields]
+
+
+def delivered_header(block: bytes, edits: Sequence[Sequence[str]]) -> bytes:
+    """The header section (CRLF, ending with the empty line) after an MTA applied the
+    AM.PDP edits through the milter API (protocols.md 4.4, smfi_* semantics).
+
+    ``delheader=i N`` removes the i-th field named N, ``chgheader=i N B`` replaces its
+    body (or appends the field when there is no i-th), ``insheader=i N B`` inserts at
+    position i (0: on top), ``addheader=N B`` appends; the MTA writes ``N: B`` (it adds
+    the space) and turns the LFs of a folded body into CRLF.
+    """
+    fields = [(name, value) for name, value in split_fields(wire_bytes(block))]
+
+    def render(name: str, body: str) -> tuple[bytes, bytes]:
+        value = body.encode("utf-8", "surrogateescape").replace(b"\r\n", b"\n")
+        return name.encode("utf-8", "surrogateescape"), \
+            b" " + value.replace(b"\n", b"\r\n") + b"\r\n"
+
+    def nth(name: str, index: str) -> int | None:
+        want, seen = name.lower().encode("utf-8", "surrogateescape"), 0
+        for pos, (fname, _) in enumerate(fields):
+            if fname.lower() == want:
+                seen += 1
+                if seen == max(int(index), 1):
+                    return pos
+        return None
+
+    for kind, *args in edits:
+        if kind == "delheader":
+            pos = nth(args[1], args[0])
+            if pos is not None:
+                del fields[pos]
+        elif kind == "chgheader":
+            pos = nth(args[1], args[0])
+            if pos is None:
+                fields.append(render(args[1], args[2]))
+            else:
+                fields[pos] = render(fields[pos][0].decode("utf-8", "surrogateescape"),
+                                     args[2])
+        elif kind == "insheader":
+            fields.insert(min(max(int(args[0]), 0), len(fields)), render(args[1], args[2]))
+        elif kind == "addheader":
+            fields.append(render(args[0], args[1]))
+    return b"".join(name + b":" + value for name, value in fields) + b"\r\n"
+
+
+def client_field(raw: bytes) -> tuple[str, str]:
+    """A rendered field (``Name: body`` CRLF) as an AM.PDP edit's (name, body): one
+    leading space dropped (the MTA adds it), folds as LF (protocols.md 4.4)."""
+    name, _, body = raw.partition(b":")
+    body = body[1:] if body.startswith(b" ") else body
+    body = body.replace(b"\r\n", b"\n").rstrip(b"\n")
+    return (name.decode("utf-8", "surrogateescape"),
+            body.decode("utf-8", "surrogateescape"))
+
+
 def signature_fields(msg: Any, header: bytes, body_offset: int, view: Any, *,
-                     skip_topmost_received: bool = False) -> list[bytes]:
+                     skip_topmost_received: bool = False, authres: bool = True) -> list[bytes]:
     """The fields to prepend (CRLF ends), topmost first: an A-R for the new signature
     if due, then the ``DKIM-Signature``; empty when this message is not signed.
 
     ``skip_topmost_received``: AM.PDP/milter, where the MTA adds its own Received
-    later and amavis leaves the top one unsigned.
+    later and amavis leaves the top one unsigned.  ``authres``: False for no A-R.
     """
     if not header.endswith(b"\r\n\r\n") and header != b"\r\n":
         return []                        # header longer than our read limit: not signed
@@ -146,7 +232,7 @@ def signature_fields(msg: Any, header: bytes, body_offset: int, view: Any, *,
     findings["dkim_new"] = list(dict.fromkeys([*findings.get("dkim_new", []), result.sd]))
     findings["dkim_signwith_sd"] = (result.selector, result.domain)
     out = [sig_field]
-    if _wants_ar(msg, view):
+    if authres and _wants_ar(msg, view):
         from amavisd.actions.headers import hdr
 
         for body in authentication_results([result], authserv_id(view), _rx_time(msg)):

@@ -16,8 +16,12 @@ Runs in the child after forwarding (spec/pipeline.md section 18, protocols.md 3.
   ENVID, and turns a 4xx into ``TempFail`` when nothing was forwarded yet
   (protocols.md 3.8).  It records ``dsn_sent`` (1 sent, 2 suppressed) in findings.
 
-The text part is our own wording, following the fields of the Debian template
-(subject by category, delivered / not delivered lists, reference id).
+The text part and the Subject/Message-ID come from the template of the message's
+category (``$notify_virus_sender_templ`` for VIRUS and BANNED, ``$notify_spam_
+sender_templ`` for SPAM, else ``$notify_sender_templ``; spec 18), expanded by
+amavisd/templates with ``%T`` the sender and ``report_format`` ``dsn``; From,
+To and Date are forced to ``$hdrfrom_notify_sender``, the sender and the
+reception time (actions/notice_mime.py writes the fields and the text part).
 """
 
 from __future__ import annotations
@@ -28,11 +32,13 @@ import re
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from amavisd import ids
+from amavisd.actions import notice_mime
+from amavisd.actions.notice_context import notice_context
 from amavisd.actions.quarantine import (
     FactsFor,
     RecipientFacts,
@@ -40,23 +46,22 @@ from amavisd.actions.quarantine import (
     recipient_facts,
 )
 from amavisd.constants import (
-    CC_BADH,
-    CC_BANNED,
     CC_CLEAN,
-    CC_MTA,
-    CC_OVERSIZED,
-    CC_SPAM,
-    CC_SPAMMY,
-    CC_UNCHECKED,
-    CC_VIRUS,
     D_DISCARD,
-    D_PASS,
     D_REJECT,
 )
 from amavisd.errors import Reply, TempFail
-from amavisd.header import header_facts, read_header_block
+from amavisd.header import read_header_block
 from amavisd.message import Message, Recipient
 from amavisd.received import rfc2822_date
+from amavisd.templates import (
+    Notice,
+    TemplateError,
+    render,
+    split_notice,
+    template_setting_for,
+    template_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +206,7 @@ def _notify_flags(rcpt: Recipient, sender: str) -> tuple[bool, bool, bool, bool]
     return failure, success, delay, never
 
 
-def _virus_fakes_sender(msg: Message, view: Any) -> bool:
+def virus_fakes_sender(msg: Message, view: Any) -> bool:
     """``@viruses_that_fake_sender_maps`` asked with each virus name (section 18)."""
     tables = setting(view, "viruses_that_fake_sender_maps")
     tables = list(tables) if isinstance(tables, (list, tuple)) else [tables]
@@ -238,7 +243,7 @@ def plan(msg: Message, view: Any, *, per_recipient_capable: bool,
     if sender:
         bysender_cutoff = _ask(view, _maps(view, f"{prefix}_bysender_maps", scalar), sender)
     byrecip_maps = _maps(view, f"{prefix}_maps", scalar)
-    fakes = _virus_fakes_sender(msg, view)
+    fakes = virus_fakes_sender(msg, view)
     bulk = msg.findings.get("is_bulk")
     if bulk is None:
         try:
@@ -398,92 +403,35 @@ def delivery_status(msg: Message, dsn_plan: DsnPlan, view: Any) -> str:
     return text
 
 
-def _main_ccat(msg: Message, facts_for: FactsFor) -> tuple[int, int]:
+def message_ccats(msg: Message) -> list[str]:
+    """The message's blocking category, else its categories (amavis's message-level
+    ``setting_by_contents_category``)."""
     blocking = [r.ccat_blocking for r in msg.recipients if r.ccat_blocking]
     if blocking:
-        return max(ccat_key(c) for c in blocking)
-    return ccat_key(msg.findings.get("ccat_main", "1"))
+        return [max(blocking, key=ccat_key)]
+    return list(msg.findings.get("ccats") or []) or [str(msg.findings.get("ccat_main", "1"))]
 
 
-_BADH_DETAIL = {1: ": bad MIME", 2: ": unencoded 8-bit character",
-                3: ": improper use of control char", 4: ": all-whitespace header line",
-                5: ": header line longer than 998 characters", 6: ": header field syntax error",
-                7: ": missing required header field", 8: ": duplicate header field"}
+def report_notice(msg: Message, view: Any, header_block: bytes, *,
+                  is_local: Any = None) -> Notice:
+    """The DSN's template expanded: header fields (Subject, Message-ID...) and text.
+
+    Section 18: the template by the message's category; ``%T`` is the sender,
+    ``%f`` the DSN's From, ``report_format`` ``dsn``.
+    """
+    name = template_setting_for("sender", message_ccats(msg)) or "notify_sender_templ"
+    ctx = notice_context(msg, view, header_block, is_local=is_local,
+                         fakes_sender=virus_fakes_sender(msg, view))
+    ctx = replace(ctx, notify_from=hdrfrom_sender(view), notify_to=[f"<{msg.sender_quoted}>"],
+                  report_format="dsn")
+    return split_notice(render(template_text(view, name), ctx))
 
 
-def subject(msg: Message, dsn_plan: DsnPlan, facts_for: FactsFor) -> str:
-    """Subject by what was delivered and the blocking category (section 19.3's structure)."""
-    delivered = any(r.destiny == D_PASS and (r.reply is None or r.reply.is_ok)
-                    for r in msg.recipients)
-    text = "Delivery status notification" if delivered else "Undeliverable mail"
-    major, minor = _main_ccat(msg, facts_for)
-    names = ", ".join(msg.findings.get("virus_names") or [])
-    banned = _banned_reason(msg, facts_for)
-    reason = {
-        CC_MTA: ", MTA-BLOCKED",
-        CC_OVERSIZED: ", OVERSIZED message",
-        CC_BADH: ", invalid header section" + _BADH_DETAIL.get(minor, ""),
-        CC_SPAMMY: ", UNSOLICITED BULK EMAIL apparently from you",
-        CC_SPAM: ", UNSOLICITED BULK EMAIL apparently from you",
-        CC_UNCHECKED: ", contents UNCHECKED",
-        CC_BANNED: f", BANNED contents type ({banned})",
-        CC_VIRUS: f", VIRUS in message apparently from you ({names})",
-    }.get(major, "")
-    return text + reason
-
-
-def _banned_reason(msg: Message, facts_for: FactsFor) -> str:
-    for rcpt in msg.recipients:
-        reason = facts_for(msg, rcpt).banning_reason_short
-        if reason:
-            return reason
-    return ""
-
-
-def _message_id_prefix(msg: Message, facts_for: FactsFor) -> str:
-    major = _main_ccat(msg, facts_for)[0]
-    return "VS" if major in (CC_VIRUS, CC_BANNED) else "SS" if major == CC_SPAM else "DSN"
-
-
-def report_text(msg: Message, dsn_plan: DsnPlan, view: Any, facts_for: FactsFor) -> str:
-    """The human-readable first part: our wording, the template's fields."""
-    myhost = str(setting(view, "myhostname") or "localhost")
-    lines = [f"This is the mail system of the content filter at {myhost}.", ""]
-    delivered = [r for r in msg.recipients
-                 if r.destiny == D_PASS and (r.reply is None or r.reply.is_ok)]
-    failed = [e for e in dsn_plan.entries if e.action == "failed"]
-    if delivered:
-        lines.append("Your message was delivered to:")
-        lines += [f"  <{r.quoted}>" for r in delivered]
-        lines.append("")
-    if failed:
-        lines.append("Your message could NOT be delivered to:")
-        for e in failed:
-            lines.append(f"  <{e.rcpt.quoted}>:")
-            lines.append(f"    {_sanitize(str(e.reply))}")
-        lines.append("")
-    major = _main_ccat(msg, facts_for)[0]
-    if major == CC_VIRUS:
-        names = ", ".join(msg.findings.get("virus_names") or [])
-        lines += [f"The message contains a virus: {names}", ""]
-    elif major == CC_BANNED:
-        lines += [f"The message contains content that is not accepted here: "
-                  f"{_banned_reason(msg, facts_for)}", ""]
-    elif major == CC_BADH:
-        lines += ["The header section of the message does not follow the standards "
-                  "(RFC 5322, RFC 2045).", ""]
-    lines.append(f"Reference: {msg.log_id}/{msg.mail_id}")
-    try:
-        facts = header_facts(read_header_block(msg.spool_path))
-    except OSError:
-        facts = None
-    lines += ["", "The returned message:", f"  Return-Path: <{msg.sender_quoted}>"]
-    if facts is not None:
-        for name, value in (("From", facts.from_), ("Message-ID", facts.message_id),
-                            ("Subject", facts.subject)):
-            if value:
-                lines.append(f"  {name}: {_sanitize(value)}")
-    return "\n".join(lines) + "\n"
+def hdrfrom_sender(view: Any) -> str:
+    """``$hdrfrom_notify_sender`` with ``${myhostname...}`` expanded (section 19)."""
+    return expand_host(str(setting(view, "hdrfrom_notify_sender") or
+                           DEFAULTS["hdrfrom_notify_sender"]),
+                       str(setting(view, "myhostname") or "localhost"))
 
 
 @dataclass
@@ -505,24 +453,16 @@ def _is_8bit_file(path: Path) -> bool:
     return False
 
 
-def _valid_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
 def build(msg: Message, dsn_plan: DsnPlan, view: Any, out_path: Path, *,
-          facts_for: FactsFor = recipient_facts, boundary: str | None = None,
-          mail_id: str | None = None) -> BuiltDsn:
+          boundary: str | None = None, mail_id: str | None = None,
+          is_local: Any = None) -> BuiltDsn:
     """Write the DSN (LF line ends, as email.txt) to ``out_path``; stream the original.
 
     RET=FULL with a failure returns the whole message as ``message/rfc822`` unless
     ``$dsn_return_full_message`` is false (Perl amavis always returns only the
     header section there, section 18); otherwise ``text/rfc822-headers``.
+    ``is_local`` answers ``@local_domains_maps`` for the template's macros.
     """
-    myhost = str(setting(view, "myhostname") or "localhost")
     mail_id = mail_id or ids.generate_mail_id()[0]
     boundary = boundary or f"----------=_{int(msg.rx_time or time.time())}-{os.getpid()}-" \
                            f"{mail_id}"
@@ -538,34 +478,27 @@ def build(msg: Message, dsn_plan: DsnPlan, view: Any, out_path: Path, *,
     status_8bit = not status.isascii()
     status_type = "global-delivery-status" if (msg.smtputf8 or status_8bit) else \
         "delivery-status"
-    text = report_text(msg, dsn_plan, view, facts_for)
-    any_8bit = hdr_8bit or body_8bit or status_8bit or not text.isascii()
-    hdr_from = expand_host(str(setting(view, "hdrfrom_notify_sender")), myhost)
+    notice = report_notice(msg, view, header_block, is_local=is_local)
+    text_head, text_body = notice_mime.text_part(notice.body,
+                                                 str(setting(view, "bdy_encoding") or "UTF-8"))
+    forced = [("From", hdrfrom_sender(view)), ("To", f"<{msg.sender_quoted}>"),
+              ("Date", rfc2822_date(msg.rx_time or time.time()))]
+    fields = notice_mime.encode_fields(
+        notice_mime.merged_fields(notice, forced), smtputf8=msg.smtputf8,
+        hdr_encoding=str(setting(view, "hdr_encoding") or "UTF-8"),
+        qb=str(setting(view, "hdr_encoding_qb") or "Q"))
+    any_8bit = hdr_8bit or body_8bit or status_8bit or not text_body.isascii() or \
+        not fields.isascii()
     description = ("Delivery error report" if dsn_plan.any_failed else "Delivery report")
-    prefix = _message_id_prefix(msg, facts_for)
-    top = [
-        f"Content-Type: multipart/report; report-type={status_type};\n"
-        f' boundary="{boundary}"',
-        f"Content-Transfer-Encoding: {'8bit' if any_8bit else '7bit'}",
-        "MIME-Version: 1.0",
-        _fold_subject(subject(msg, dsn_plan, facts_for)),
-        f"Message-ID: <{prefix}{msg.mail_id}@{myhost}>",
-        f"From: {hdr_from}",
-        f"To: <{msg.sender_quoted}>",
-        f"Date: {rfc2822_date(msg.rx_time or time.time())}",
-    ]
+    top = (f"Content-Type: multipart/report; report-type={status_type};\n"
+           f' boundary="{boundary}"\n'
+           f"Content-Transfer-Encoding: {'8bit' if any_8bit else '7bit'}\n"
+           "MIME-Version: 1.0\n").encode()
     with open(out_path, "wb") as out:
         w = out.write
-        w(("\n".join(top) + "\n\nThis is a multi-part message in MIME format...\n\n").encode())
+        w(top + fields + b"\n" + notice_mime.PREAMBLE + b"\n")
         w(f"--{boundary}\n".encode())
-        if text.isascii():
-            w(b'Content-Type: text/plain; charset="us-ascii"\nContent-Disposition: inline\n'
-              b"Content-Transfer-Encoding: 7bit\n\n" + text.encode())
-        else:
-            import quopri
-            w(b'Content-Type: text/plain; charset="UTF-8"\nContent-Disposition: inline\n'
-              b"Content-Transfer-Encoding: quoted-printable\n\n"
-              + quopri.encodestring(text.encode("utf-8")))
+        w(text_head + b"\n" + text_body)
         name = "dsn_status.u8dsn" if status_type.startswith("global") else "dsn_status.dsn"
         charset = '; charset="UTF-8"' if status_type.startswith("global") else ""
         w(f"\n--{boundary}\n"
@@ -586,31 +519,10 @@ def build(msg: Message, dsn_plan: DsnPlan, view: Any, out_path: Path, *,
             if last != b"\n":
                 w(b"\n")
         else:
-            utf8 = hdr_8bit and _valid_utf8(header_block)
-            mtype, fname = (("message/global-headers", "header.u8hdr") if utf8
-                            else ("text/rfc822-headers", "header.hdr"))
-            w(f'Content-Type: {mtype}; name="{fname}"\n'
-              f'Content-Disposition: inline; filename="{fname}"\n'
-              f"Content-Transfer-Encoding: {'8bit' if hdr_8bit else '7bit'}\n"
-              f"Content-Description: Message header section\n\n".encode())
-            w(return_path + header_block)
+            w(notice_mime.header_part(msg.sender_quoted, header_block))
         w(f"\n--{boundary}--\n".encode())
     size = os.path.getsize(out_path) + _count_lf(out_path)
     return BuiltDsn(out_path, size, any_8bit, mail_id, full)
-
-
-def _fold_subject(text: str) -> str:
-    line = f"Subject: {text}"
-    if len(line) <= 78:
-        return line
-    words = line.split(" ")
-    lines = [words[0]]
-    for word in words[1:]:
-        if len(lines[-1]) + 1 + len(word) <= 78 or lines[-1] == "Subject:":
-            lines[-1] += " " + word
-        else:
-            lines.append(" " + word)
-    return "\n".join(lines)
 
 
 def _copy(src_path: Path, out: BinaryIO) -> bytes:
@@ -668,7 +580,8 @@ def dsn_message(msg: Message, built: BuiltDsn, view: Any) -> Message:
 
 
 def send(msg: Message, view: Any, reactor: Any, *, per_recipient_capable: bool,
-         deadline: float, forwarded_any: bool, facts_for: FactsFor = recipient_facts) -> Any:
+         deadline: float, forwarded_any: bool, facts_for: FactsFor = recipient_facts,
+         is_local: Any = None) -> Any:
     """Plan, build and deliver the DSN; a Deferred firing with a ``DsnOutcome``.
 
     Protocols.md 3.8: a 4xx on submission fails the Deferred with ``TempFail``
@@ -689,8 +602,8 @@ def send(msg: Message, view: Any, reactor: Any, *, per_recipient_capable: bool,
     os.close(fd)
     path = Path(name)
     try:
-        built = build(msg, dsn_plan, view, path, facts_for=facts_for)
-    except OSError as exc:
+        built = build(msg, dsn_plan, view, path, is_local=is_local)
+    except (OSError, TemplateError) as exc:     # a disk fault, or a template over its bounds
         path.unlink(missing_ok=True)
         if forwarded_any:
             log.error("NOTICE: UNABLE TO SEND DSN to <%s>: %s", msg.sender, exc)

@@ -26,6 +26,7 @@ from amavisd import stats
 from amavisd.actions import dkim_sign
 from amavisd.errors import Reply
 from amavisd.message import ClientInfo, Message, Recipient
+from amavisd.protocols import smtp_cache
 from amavisd.protocols.smtp_client import (
     CHUNK_SIZE,
     Capabilities,
@@ -290,33 +291,92 @@ def _one_session(msg: Message, recipients: list[Recipient], methods: list[str],
                  content: Content, opts: ClientOptions, settings: Any, reactor: Any,
                  per_rcpt: bool, eight_bit: bool, clock: Any,
                  rng: random.Random | None) -> Any:
-    """Try the failover list until a connection succeeds, then run one transaction."""
+    """Try the failover list until a session works, then run one transaction on it.
+
+    Per entry: the cached session for its ``proto:[host]:port`` if there is one
+    (spec 5.6), else a new connection.  A cached session that broke before the
+    data-dot (``outcome.retry``) delivered nothing: the transaction runs again on
+    a new connection, so a dead cached session never costs the message a 4xx.
+    """
+    cache = smtp_cache.current()
+    keep = cache.begin_task(msg.log_id) if cache is not None else False
     last: TransactionOutcome | None = None
     order = failover_order(methods, rng)
     for raw in order:
         m = parse_method(raw, msg.client)
-        proto = ForwardClient(msg, recipients, content[0], opts, lmtp=m.scheme == "lmtp",
-                              per_recipient_capable=per_rcpt, eight_bit=eight_bit,
-                              mta_id=m.mta_id, clock=clock, body_offset=content[1])
-        ep = _endpoint(reactor, m, stage_timeout("connect", opts.deadline, clock.seconds()),
-                       getattr(settings, "local_client_bind_address", None))
-        try:
-            yield endpoints.connectProtocol(ep, proto)
-        except (error.ConnectError, error.DNSLookupError, OSError) as exc:
-            reason = str(exc).strip().rstrip(".") or type(exc).__name__
-            log.warning("Can't connect to %s: %s", m.mta_id, reason)
-            last = TransactionOutcome(m.mta_id, [r for r in proto.results],
-                                      SessionError("connect", "fwd-connect", reason))
-            continue
-        stats.count("OutConnNew")                 # no connection cache: one per session
-        outcome = yield proto.result
-        stats.count("OutConnTransact")
-        if outcome.error is None:                 # a clean session ends with our QUIT
-            stats.count("OutConnQuit")
+        outcome = None
+        if cache is not None:
+            outcome = yield _on_cached(cache, m.mta_id, msg, recipients, content, opts,
+                                       per_rcpt, eight_bit, keep)
+        if outcome is None:
+            outcome = yield _on_new(cache, m, msg, recipients, content, opts, settings,
+                                    reactor, per_rcpt, eight_bit, clock, keep)
+            if outcome.error is not None and outcome.error.kind == "connect":
+                last = outcome
+                continue
         if len(order) > 1:
             _last_good[tuple(methods)] = raw
         return outcome
     return last
+
+
+@defer.inlineCallbacks
+def _on_cached(cache: smtp_cache.SessionCache, key: str, msg: Message,
+               recipients: list[Recipient], content: Content, opts: ClientOptions,
+               per_rcpt: bool, eight_bit: bool, keep: bool) -> Any:
+    """The transaction on the cached session for ``key``; None: there is none, or it broke
+    before the data-dot (then nothing was delivered and a new connection must do it)."""
+    proto = yield cache.checkout(key, opts.session_key())
+    if proto is None:
+        return None
+    outcome = yield proto.start(msg, recipients, content[0], opts,
+                                per_recipient_capable=per_rcpt, eight_bit=eight_bit,
+                                body_offset=content[1], keep=keep)
+    stats.count("OutConnTransact")
+    cache.transaction_ended()
+    if outcome.retry:
+        stats.count("OutConnReuseFail")
+        log.info("(%s) cached session to %s failed before the data (%s), retrying on a new "
+                 "connection", msg.log_id, key, outcome.error)
+        return None
+    _session_done(cache, key, proto, outcome, keep)
+    return outcome
+
+
+@defer.inlineCallbacks
+def _on_new(cache: smtp_cache.SessionCache | None, m: Method, msg: Message,
+            recipients: list[Recipient], content: Content, opts: ClientOptions,
+            settings: Any, reactor: Any, per_rcpt: bool, eight_bit: bool, clock: Any,
+            keep: bool) -> Any:
+    """Connect to ``m`` and run the transaction; a connect failure is a 'connect' error."""
+    proto = ForwardClient(msg, recipients, content[0], opts, lmtp=m.scheme == "lmtp",
+                          per_recipient_capable=per_rcpt, eight_bit=eight_bit,
+                          mta_id=m.mta_id, clock=clock, body_offset=content[1], keep=keep)
+    ep = _endpoint(reactor, m, stage_timeout("connect", opts.deadline, clock.seconds()),
+                   getattr(settings, "local_client_bind_address", None))
+    try:
+        yield endpoints.connectProtocol(ep, proto)
+    except (error.ConnectError, error.DNSLookupError, OSError) as exc:
+        reason = str(exc).strip().rstrip(".") or type(exc).__name__
+        log.warning("Can't connect to %s: %s", m.mta_id, reason)
+        return TransactionOutcome(m.mta_id, [r for r in proto.results],
+                                  SessionError("connect", "fwd-connect", reason))
+    stats.count("OutConnNew")
+    outcome = yield proto.result
+    stats.count("OutConnTransact")
+    if cache is not None:
+        cache.transaction_ended()
+    _session_done(cache, m.mta_id, proto, outcome, keep)
+    return outcome
+
+
+def _session_done(cache: smtp_cache.SessionCache | None, key: str, proto: ForwardClient,
+                  outcome: TransactionOutcome, keep: bool) -> None:
+    """A kept session goes back to the cache; else it ended with our QUIT (if it was clean)."""
+    if keep and cache is not None and outcome.error is None:
+        cache.checkin(key, proto)
+    elif outcome.error is None:
+        stats.count("OutConnQuit")
 
 
 @defer.inlineCallbacks

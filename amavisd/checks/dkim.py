@@ -18,7 +18,9 @@ Keys of ``msg.findings`` written here: ``dkim_signatures_all``,
 (``selector:domain`` of valid ones, for the log line), and the signing domain
 of a valid signature matching the author, sender or envelope sender:
 ``dkim_author_sig``, ``dkim_sender_sig``, ``dkim_envsender_sig``,
-``dkim_thirdparty_sig`` (amavis's ``msginfo`` fields of the same names).
+``dkim_thirdparty_sig`` (amavis's ``msginfo`` fields of the same names), and
+``dkim_author_from``.  ``set_sender_credible`` writes ``sender_credible``.  The list
+of every DKIM fact and its type, for templates and logs: docs/dkim.md.
 """
 
 from __future__ import annotations
@@ -37,10 +39,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
-from dkim.crypto import UnparsableKeyError, parse_public_key
-from dkim.util import InvalidTagValueList, parse_tag_value
 
-from amavisd import dkim_dns
+# python-dkim (``dkim.util``, ``dkim.crypto``) and ``dkim_dns`` (dnspython) are imported
+# where a signature is verified: a child with verification off never loads them (~4 MB
+# per process; the master preimports them when DKIM is on, master.preimport).
 from amavisd.config.lookup import address_keys, lookup_with_key
 from amavisd.dkim_canon import (
     BodySpec,
@@ -176,6 +178,8 @@ def _decode_qp(text: str) -> str:
 def _parse(field: Field) -> _Sig | None:
     """A signature field's tags, or None if it cannot be parsed at all (Mail::DKIM
     then does not report it)."""
+    from dkim.util import InvalidTagValueList, parse_tag_value
+
     try:
         tags = parse_tag_value(_unfold(field[1]))
     except InvalidTagValueList as exc:
@@ -255,6 +259,8 @@ def _identity_ok(res: SignatureResult) -> bool:
 
 def _verify_all(sigs: list[_Sig], fields: Sequence[Field], path: Path, header_len: int,
                 deadline: float, servers: tuple[str, ...]) -> None:
+    from amavisd import dkim_dns
+
     live = [s for s in sigs if s.res.result is None]
     for sig in live:
         if not _identity_ok(sig.res):
@@ -305,6 +311,8 @@ class _KeyProblem(Exception):
 
 def _public_key(record: bytes, sig: _Sig) -> Any:
     """Check the key record as Mail::DKIM does and load the key; _KeyProblem otherwise."""
+    from dkim.util import InvalidTagValueList, parse_tag_value
+
     try:
         tags = parse_tag_value(_unfold(record))
     except InvalidTagValueList:
@@ -337,6 +345,8 @@ def _public_key(record: bytes, sig: _Sig) -> Any:
 
 
 def _load_public(kind: str, data: bytes) -> Any:
+    from dkim.crypto import UnparsableKeyError, parse_public_key
+
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
@@ -492,6 +502,23 @@ def record(msg: Any, results: list[SignatureResult], fields: Sequence[Field],
                "" if res.valid else ", " + res.result_detail)
     findings["dkim_signatures_valid"] = valid
     findings["dkim_sd"] = list(dict.fromkeys(r.sd for r in valid))
+
+
+def set_sender_credible(msg: Any) -> None:
+    """``sender_credible`` (pipeline.md 4): for a non-null envelope sender, ``orig`` when
+    the mail is originating and ``dkim`` when a valid signature is by the sender's domain
+    (``dkim_envsender_sig``), comma-joined; absent when neither.  The DSN cutoffs
+    (``@spam_crediblefrom_dsn_cutoff_level*``) depend on it.  Call after the author banks
+    are loaded: they may change ``originating``."""
+    findings = msg.findings
+    findings.pop("sender_credible", None)
+    if not getattr(msg, "sender", ""):
+        return
+    reasons = ["orig"] if getattr(msg, "originating", False) else []
+    if findings.get("dkim_envsender_sig"):
+        reasons.append("dkim")
+    if reasons:
+        findings["sender_credible"] = ",".join(reasons)
 
 
 # ---------------------------------------------------------------- banks and reputation

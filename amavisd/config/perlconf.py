@@ -154,7 +154,9 @@ def run_shim(paths: list[str], preset: Mapping[str, str] | None = None) -> dict[
     """
     where = paths[0] if paths else "perl config"
     options: list[str] = []
-    for name, value in (preset or {}).items():
+    from amavisd.logtemplates import perl_presets  # $log_templ = $log_verbose_templ;
+
+    for name, value in {**perl_presets(), **(preset or {})}.items():
         options += ["--set", f"{name}={value}"]
     try:
         # Its own session: on a timeout the whole group goes, including a

@@ -19,6 +19,7 @@ from typing import Any
 
 from amavisd.config import types as t
 from amavisd.config.types import Converter
+from amavisd.logtemplates import default_log_template
 
 GLOBAL = "global"
 BANK = "bank"
@@ -251,9 +252,11 @@ setting("propagate_dsn_if_possible", 1, t.boolean, BANK,
 setting("terminate_dsn_on_notify_success", 0, t.boolean, BANK,
         "Strip SUCCESS from NOTIFY when forwarding.")
 setting("smtp_connection_cache_on_demand", 1, t.boolean, GLOBAL,
-        "Turn outgoing connection caching on when messages arrive often.")
+        "Switch outgoing connection caching per message: on when the previous task ended "
+        "under 5 s ago, off at 15 s or more.")
 setting("smtp_connection_cache_enable", 1, t.boolean, GLOBAL,
-        "Allow outgoing connection caching at all.")
+        "Outgoing connection caching on; with $smtp_connection_cache_on_demand only the "
+        "state a child starts in. Both 0: a new connection per message.")
 setting("allowed_added_header_fields", {
     **{name: 1 for name in (
         "received", "dkim-signature", "authentication-results", "vbr-info", "x-quarantine-id",
@@ -536,6 +539,58 @@ setting("notify_spam_recips_templ", "", t.string, BANK,
 setting("macro_tests_sanity_limit", 50, t.integer(0), GLOBAL,
         "Template macros T/TESTS list at most this many tests, then '...' (0: all).")
 
+# ---------------------------------------------------------------- notifications
+section("notifications")
+for _kind, _what in (("virus", "viruses and unchecked contents"),
+                     ("banned", "banned contents (default: virus_admin)"),
+                     ("spam", "spam"), ("bad_header", "bad header sections"),
+                     ("newvirus", "viruses not seen before (counts in the stats segment)")):
+    setting(f"{_kind}_admin", None, t.string, GLOBAL,
+            f"Legacy: the administrator notified about {_what}; the default table of "
+            f"{_kind}_admin_maps (Debian: virus_admin = postmaster@$mydomain).")
+for _kind, _default in (
+        ("virus", lambda v: _legacy_table(v["virus_admin"])),
+        ("banned", lambda v: [x for x in (v["banned_admin"], v["virus_admin"]) if x is not None]),
+        ("spam", lambda v: _legacy_table(v["spam_admin"])),
+        ("bad_header", lambda v: _legacy_table(v["bad_header_admin"])),
+        ("newvirus", lambda v: _legacy_table(v["newvirus_admin"]))):
+    setting(f"{_kind}_admin_maps", None, t.sequence, BANK,
+            f"Per-recipient administrator address for {_kind.replace('_', ' ')} notifications "
+            f"(lookup tables; default: {_kind}_admin).", sigil="@", derive=_default)
+for _kind, _what in (("virus", "infected"), ("banned", "banned"), ("badh", "bad-header")):
+    setting(f"warn{_kind}recip", None, t.boolean, GLOBAL,
+            f"Legacy: the default table of warn{_kind}recip_maps.")
+    setting(f"warn{_kind}recip_maps", None, t.sequence, BANK,
+            f"Recipients told that {_what} mail for them was held (lookup tables; default: "
+            f"warn{_kind}recip).", sigil="@",
+            derive=lambda v, k=_kind: _legacy_table(v[f"warn{k}recip"]))
+setting("warn_offsite", None, t.boolean, BANK,
+        "Recipient notifications also go to recipients outside local_domains_maps.")
+setting("spam_notifyadmin_cutoff_level_maps", [], t.sequence, BANK,
+        "Per-recipient spam level at or above which no spam admin notification is sent.",
+        sigil="@")
+setting("admin_maps_by_ccat", {}, t.mapping, BANK,
+        "Administrator tables by content category ('9', '4,2', ...): overrides the "
+        "*_admin_maps (docs/notifications.md).", sigil="%")
+setting("warnrecip_maps_by_ccat", {}, t.mapping, BANK,
+        "Recipient-notification tables by content category: overrides the warn*recip_maps.",
+        sigil="%")
+for _who in ("admin", "spamadmin", "recip"):
+    setting(f"mailfrom_notify_{_who}", None, t.string, BANK,
+            f"Envelope sender of {_who} notifications (default: the address of "
+            f"hdrfrom_notify_{_who}).")
+for _who in ("admin", "spamadmin"):
+    setting(f"hdrfrom_notify_{_who}", None, t.string, BANK,
+            f"From of {_who} notifications (default: '\"Content-filter at <myhostname>\" "
+            f"<mailfrom_notify_{_who}>', else hdrfrom_notify_sender).")
+setting("dsn_bcc", None, t.string, BANK, "A blind copy of every DSN goes to this address.")
+setting("hdr_encoding", "UTF-8", t.string, BANK,
+        "Charset of RFC 2047 encoded words in the header fields of notices and DSNs.")
+setting("hdr_encoding_qb", "Q", t.choice("Q", "B"), BANK,
+        "RFC 2047 encoding of those words: Q (quoted-printable) or B (base64).")
+setting("bdy_encoding", "UTF-8", t.string, BANK,
+        "Charset of the text part of notices and DSNs when it is not plain ASCII.")
+
 # ---------------------------------------------------------------- sql
 section("sql")
 setting("lookup_sql_dsn", [], t.sequence, GLOBAL,
@@ -582,6 +637,26 @@ setting("syslog_facility", "mail", t.string, BANK, "Syslog facility name.")
 setting("syslog_priority", None, t.string, GLOBAL,
         "Deprecated since 2.7.0 and ignored (Debian still sets it).", aliases=("SYSLOG_LEVEL",))
 setting("logline_maxlen", 980, t.integer(50), GLOBAL, "Syslog lines are split above this.")
+# -- log templates, the JSON event and Redis (docs/logging.md)
+setting("log_short_templ", default_log_template("log_short_templ"), t.string, GLOBAL,
+        "The built-in main log entry (amavis's short form); use it on the right-hand side.")
+setting("log_verbose_templ", default_log_template("log_verbose_templ"), t.string, GLOBAL,
+        "The built-in verbose main log entry: log_templ = log_verbose_templ.")
+setting("log_templ", default_log_template("log_short_templ"), t.string, BANK,
+        "Template of the main per-message log entry at level 0 (empty or undef: none).")
+setting("log_recip_templ", None, t.string, BANK,
+        "Template of one level-0 log entry per recipient; undef (Debian's and our "
+        "default, amavis's own is conf/templates/log-recip.txt): none.")
+setting("syslog_socket", "/dev/log", t.string, GLOBAL,
+        "Unix socket of the local syslog daemon (ours; amavis uses the C library's).")
+setting("storage_redis_dsn", [], t.sequence, GLOBAL,
+        "Redis servers: {'server': 'host:port' or '/path', 'db_id': n, 'password': ...} "
+        "entries, the first that answers is used.", sigil="@")
+setting("redis_logging_key", None, t.string, BANK,
+        "Redis list the JSON event of each message is pushed to (with storage_redis_dsn "
+        "and redis_logging_queue_size_limit).")
+setting("redis_logging_queue_size_limit", None, t.integer(0), GLOBAL,
+        "Entries the Redis event list keeps (the newest); undef or 0: no events pushed.")
 setting("nanny_details_level", 1, t.integer(0, 2), GLOBAL,
         "Which child states reach the stats segment (1: the main ones, 2: all).")
 setting("DEBUG", None, t.boolean, GLOBAL, "Debug mode (set by 'amavisd debug').")

@@ -29,6 +29,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
+from amavisd.actions.dkim_sign import FINDING_CLIENT_FIELDS
 from amavisd.actions.headers import plan_edits, split_header, tag_subject
 from amavisd.actions.release import ReleaseError, ReleaseRequest
 from amavisd.config.model import BankView
@@ -249,6 +250,16 @@ def release_response(replies: list[Reply]) -> bytes:
 
 
 def header_field_edits(msg: Message, view: Any) -> list[tuple[str, ...]]:
+    """The header edit lines of the response (4.4): ``planned_header_edits``, then the
+    DKIM-Signature the pipeline made for them (pipeline.md 24.3), last so that it ends
+    up topmost."""
+    out = planned_header_edits(msg, view)
+    for name, body in reversed(msg.findings.get(FINDING_CLIENT_FIELDS) or []):
+        out.append(("insheader", "0", name, body))
+    return out
+
+
+def planned_header_edits(msg: Message, view: Any) -> list[tuple[str, ...]]:
     """delheader/chgheader/insheader lines the pipeline would apply when forwarding (4.4).
 
     The edits of the first recipient cluster (AM.PDP is not per-recipient capable);

@@ -1,4 +1,4 @@
-"""SMTP/LMTP client: one outgoing transaction to the back-end MTA.
+"""SMTP/LMTP client: outgoing transactions to the back-end MTA.
 
 Written step by step like Twisted's ``SMTPClient``: every command pushes an
 expectation (label, section, handler) onto a queue, and each complete reply pops
@@ -10,6 +10,15 @@ The protocol never raises into its caller: ``ForwardClient.result`` always fires
 with a ``TransactionOutcome`` that holds one ``RcptResult`` per recipient plus,
 if the session broke, a ``SessionError``.  ``forward.py`` turns that into the
 per-recipient replies (section 5.4).
+
+A session can carry several transactions (connection caching, spec 5.6, managed
+by ``smtp_cache.py``): with ``keep`` set, a transaction that ends cleanly leaves
+the session ``IDLE`` instead of sending QUIT, and ``start`` runs the next one on
+it without a new greeting or EHLO.  A session is kept only in a clean state
+(after the dot reply, an RSET reply, or a refused MAIL), so the next MAIL needs
+no RSET.  A reused session that fails before the data-dot went out marks its
+outcome ``retry``: the message was not delivered there and the caller runs the
+transaction again on a new connection; after the dot nothing is ever retried.
 """
 
 from __future__ import annotations
@@ -38,8 +47,11 @@ log = logging.getLogger(__name__)
 TIMEOUTS: dict[str, float] = {
     "connect": 35, "greeting": 35, "ehlo": 300, "starttls": 300, "xforward": 300,
     "mail": 300, "rcpt": 300, "data": 120, "transfer": 180, "dot": 600, "rset": 20,
-    "quit": 5, "quit-error": 1,
+    "quit": 5, "quit-error": 1, "noop": 15, "rundown": 5,
 }
+#: Stages whose timeout is X itself, without the 60 s floor: a NOOP probe of a cached
+#: session or a rundown QUIT that may take a minute would defeat their purpose.
+UNFLOORED = frozenset({"noop", "rundown"})
 #: A server line longer than this without a line end aborts the session (spec 5.7).
 RUNAWAY_LINE = 500_000
 #: Read size for streaming the spool file (never the whole file in memory).
@@ -59,8 +71,13 @@ BAIL_OUT_NOPIPE = "Bail out, tempfailed recips, not an LMTP input"
 
 
 def stage_timeout(stage: str, deadline: float | None, now: float) -> float:
-    """Spec 5.7: ``max(60, min(X, deadline - now))``; without a deadline just ``max(60, X)``."""
+    """Spec 5.7: ``max(60, min(X, deadline - now))``; without a deadline just ``max(60, X)``.
+
+    The NOOP probe and the rundown QUIT (``UNFLOORED``) use X as is.
+    """
     x = TIMEOUTS[stage]
+    if stage in UNFLOORED:
+        return x
     if deadline is not None:
         x = min(x, deadline - now)
     return max(60.0, x)
@@ -267,6 +284,9 @@ class TransactionOutcome:
     results: list[RcptResult]
     error: SessionError | None = None
     data_delivered: bool = False  # some recipient got 2xx to the data-dot
+    #: A reused (cached) session broke before the data-dot was written: nothing was
+    #: delivered there, the caller runs the transaction again on a new connection.
+    retry: bool = False
 
 
 # --------------------------------------------------------------------------- data path
@@ -371,6 +391,12 @@ class ClientOptions:
     def tls_level(self) -> str:
         return (self.tls_security_level_out or "none").lower()
 
+    def session_key(self) -> tuple[str, str, str]:
+        """What a session's greeting phase depended on: a cached session is reused only
+        by a transaction with the same EHLO name and TLS settings."""
+        tls = repr(sorted((str(k), repr(v)) for k, v in self.smtp_tls_client_options.items()))
+        return (self.localhost_name, self.tls_level, tls)
+
 
 def tls_client_options(opts: ClientOptions, peer: str) -> Any:
     """Map ``%smtp_tls_client_options`` to a Twisted TLS context (spec 5.3 step 3).
@@ -410,10 +436,12 @@ class _Expect:
 
 
 class ForwardClient(LineOnlyReceiver):
-    """One SMTP/LMTP transaction; ``result`` fires with a ``TransactionOutcome``.
+    """An SMTP/LMTP session; each transaction's ``result`` fires with a ``TransactionOutcome``.
 
+    The constructor sets up the first transaction, which runs once connected;
+    ``start`` runs a further one on an ``IDLE`` session (connection caching).
     States: CONNECT, GREETING, HELLO, STARTTLS, XFORWARD, MAIL, RCPT, DATA,
-    SENDING, DOT, QUIT, DONE.  Only ``_set_state`` writes ``self.state``.
+    SENDING, DOT, IDLE, PROBE, QUIT, DONE.  Only ``_set_state`` writes ``self.state``.
     """
 
     delimiter = b"\n"
@@ -421,27 +449,120 @@ class ForwardClient(LineOnlyReceiver):
 
     def __init__(self, msg: Message, recipients: Sequence[Recipient], header: bytes,
                  options: ClientOptions, *, lmtp: bool, per_recipient_capable: bool,
-                 eight_bit: bool, mta_id: str, clock: Any, body_offset: int = 0):
-        self.msg, self.recipients, self.header = msg, list(recipients), header
-        self.body_offset = body_offset
-        self.options, self.lmtp, self.per_rcpt = options, lmtp, per_recipient_capable
-        self.eight_bit, self.mta_id, self.clock = eight_bit, mta_id, clock
-        self.results = [RcptResult() for _ in self.recipients]
-        self.result: defer.Deferred[TransactionOutcome] = defer.Deferred()
+                 eight_bit: bool, mta_id: str, clock: Any, body_offset: int = 0,
+                 keep: bool = False):
+        self.lmtp, self.mta_id, self.clock = lmtp, mta_id, clock
         self.state = "CONNECT"
-        self.section = "fwd-connect"
         self.caps = Capabilities()
         self.pipelining = False
         self.tls_active = False
+        self.session_key = options.session_key()
+        self.created: float | None = None       # connected at (clock seconds)
+        self.idle_since: float | None = None    # when the session last became IDLE
+        self.transactions = 0                   # transactions begun on this session
+        #: Told when this session becomes IDLE or is lost (the connection cache).
+        self.owner: Any = None
+        self.cache_key: str | None = None       # the owner's key for it
+        #: Fires (with None) once the connection is gone.
+        self.closed: defer.Deferred[None] = defer.Deferred()
+        self._closing = False                   # QUIT sent, 421 seen, aborted or lost
+        self._lost = False
+        self._probe: defer.Deferred[bool] | None = None
         self._expected: deque[_Expect] = deque()
         self._lines: list[str] = []
         self._timer: Any = None
         self._producer: SpoolProducer | None = None
+        self._new_transaction(msg, recipients, header, options, per_recipient_capable,
+                              eight_bit, body_offset, keep)
+        self.reused = False
+
+    def _new_transaction(self, msg: Message, recipients: Sequence[Recipient], header: bytes,
+                         options: ClientOptions, per_recipient_capable: bool, eight_bit: bool,
+                         body_offset: int, keep: bool) -> None:
+        """Per-transaction state; the session's (caps, TLS, timers) is left alone."""
+        self.msg, self.recipients, self.header = msg, list(recipients), header
+        self.body_offset = body_offset
+        self.options, self.per_rcpt, self.eight_bit = options, per_recipient_capable, eight_bit
+        self.keep = keep
+        self.results = [RcptResult() for _ in self.recipients]
+        self.result: defer.Deferred[TransactionOutcome] = defer.Deferred()
+        self.section = "fwd-connect"
+        self.transactions += 1
         self._finished = False
         self._mail_failed = False
+        self._dot_sent = False                  # the data-dot (or a lone dot) was written
         self._sent: list[int] = []          # indexes of recipients whose RCPT was sent
         self._dot_waiting: list[int] = []   # LMTP: accepted recipients awaiting a dot reply
         self._data_delivered = False
+
+    # -- the cache's side ------------------------------------------------------
+
+    @property
+    def reusable(self) -> bool:
+        """IDLE on an open connection that nobody asked to close."""
+        return self.state == "IDLE" and not self._closing and not self._lost
+
+    def start(self, msg: Message, recipients: Sequence[Recipient], header: bytes,
+              options: ClientOptions, *, per_recipient_capable: bool, eight_bit: bool,
+              body_offset: int = 0, keep: bool = False) -> defer.Deferred[TransactionOutcome]:
+        """Run a further transaction on this IDLE session: no greeting, no EHLO again.
+
+        The TLS layer, if any, stays as it is (spec 5.3 step 3 ran once per session).
+        """
+        if not self.reusable:
+            raise RuntimeError(f"session to {self.mta_id} is not idle ({self.state})")
+        self._new_transaction(msg, recipients, header, options, per_recipient_capable,
+                              eight_bit, body_offset, keep)
+        self.reused = True
+        result = self.result
+        self._begin()
+        return result
+
+    def probe(self) -> defer.Deferred[bool]:
+        """NOOP on an IDLE session (spec 5.6): True if it answered 2xx within 15 s.
+
+        On any other outcome the session is closed and False returned.
+        """
+        if not self.reusable:
+            return defer.succeed(False)
+        self._probe = defer.Deferred()
+        self._set_state("PROBE")  # IDLE -> PROBE
+        self._send(["NOOP"], [_Expect("NOOP", "fwd-connect", "noop", self._on_noop)])
+        return self._probe
+
+    def _on_noop(self, reply: MtaReply) -> None:
+        d, self._probe = self._probe, None
+        if reply.ok:
+            self._set_state("IDLE")  # PROBE -> IDLE
+            self.idle_since = self._now()
+        else:
+            log.info("cached session to %s failed its NOOP probe: %s", self.mta_id, reply.raw)
+            self.close()
+        if d is not None:
+            d.callback(reply.ok)
+
+    def close(self, wait_reply: bool = True) -> None:
+        """Rundown: QUIT and close; an idle session only, else abort.
+
+        ``wait_reply``: read the 221 first (5 s at most); without it the connection
+        closes as soon as the QUIT is written (the child is exiting).
+        """
+        if self._lost:
+            return
+        self._closing = True
+        if self.state not in ("IDLE", "PROBE"):
+            self.transport.abortConnection()
+            return
+        self._set_state("QUIT")  # IDLE|PROBE -> QUIT
+        self.section = "fwd-rundown-1"
+        self._expected.clear()
+        if not wait_reply:
+            self._disarm()
+            self.transport.write(b"QUIT\r\n")
+            self.transport.loseConnection()
+            return
+        self._send(["QUIT"], [_Expect("QUIT", "fwd-rundown-1", "rundown",
+                                      lambda r: self.transport.loseConnection())])
 
     # -- plumbing ---------------------------------------------------------
 
@@ -488,6 +609,7 @@ class ForwardClient(LineOnlyReceiver):
                 self.transport.setTcpNoDelay(True)
             except OSError:
                 pass
+        self.created = self._now()
         peer = self.transport.getPeer()
         if isinstance(peer, (IPv4Address, IPv6Address)):
             scheme = "lmtp" if self.lmtp else "smtp"
@@ -508,9 +630,13 @@ class ForwardClient(LineOnlyReceiver):
         reply = MtaReply(int(text[:3]), self._lines)
         self._lines = []
         if not self._expected:
-            log.warning("(%s) unexpected reply from %s: %s", self.msg.log_id, self.mta_id,
-                        reply.raw)
+            self._unexpected(reply)
             return
+        if reply.code == 421:
+            self._closing = True               # the server is closing this session
+            if self.reused and not self._dot_sent and not self._finished:
+                self._fail("other", f"Service not available: {reply.raw}")
+                return
         exp = self._expected.popleft()
         if self._expected:
             self._arm(self._expected[0].stage)
@@ -521,6 +647,16 @@ class ForwardClient(LineOnlyReceiver):
         except Exception as exc:  # a bug must still end in a 4xx, never a lost message
             log.exception("(%s) error handling reply to %s", self.msg.log_id, exp.label)
             self._fail("other", f"{type(exc).__name__}: {exc}")
+
+    def _unexpected(self, reply: MtaReply) -> None:
+        """A reply nobody asked for; on an idle session (e.g. a 421 timeout) it ends it."""
+        if self.state == "IDLE":
+            log.info("cached session to %s closed by the server: %s", self.mta_id, reply.raw)
+            self._closing = True
+            self.transport.loseConnection()
+            return
+        log.warning("(%s) unexpected reply from %s: %s", self.msg.log_id, self.mta_id,
+                    reply.raw)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._fail("other", f"Runaway server line, over {RUNAWAY_LINE} bytes without line end")
@@ -533,20 +669,29 @@ class ForwardClient(LineOnlyReceiver):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._disarm()
         self._stop_producer()
-        if self._finished:
-            return
-        if self.state == "GREETING":
-            err = "No greeting"
-        elif self._expected:
-            err = f"No response to {self._expected[0].label}"
-        else:
-            err = f"Connection lost: {reason.getErrorMessage() if reason else 'closed'}"
-        self._finish(SessionError("other", self._expected[0].section if self._expected
-                                  else self.section, err))
+        self._lost = self._closing = True
+        if self._probe is not None:
+            d, self._probe = self._probe, None
+            log.info("cached session to %s lost during its NOOP probe", self.mta_id)
+            d.callback(False)
+        if not self._finished:
+            if self.state == "GREETING":
+                err = "No greeting"
+            elif self._expected:
+                err = f"No response to {self._expected[0].label}"
+            else:
+                err = f"Connection lost: {reason.getErrorMessage() if reason else 'closed'}"
+            self._finish(SessionError("other", self._expected[0].section if self._expected
+                                      else self.section, err))
+        if self.owner is not None:
+            self.owner.session_lost(self)
+        if not self.closed.called:
+            self.closed.callback(None)
 
     def _timed_out(self) -> None:
         self._timer = None
-        if self._finished:
+        if self._finished:       # a QUIT, RSET or NOOP reply is late: the session is done
+            self._closing = True
             self.transport.abortConnection()
             return
         section = self._expected[0].section if self._expected else self.section
@@ -556,12 +701,15 @@ class ForwardClient(LineOnlyReceiver):
 
     def _fail(self, kind: str, err: str, section: str | None = None) -> None:
         """Break the session; in data-send mode close WITHOUT the dot (spec 6.4)."""
+        self._closing = True
         if self._finished:
             self.transport.abortConnection()
             return
         section = section or (self._expected[0].section if self._expected else self.section)
-        log.warning("(%s) forward to %s failed during %s: %s", self.msg.log_id, self.mta_id,
-                    section, err)
+        retry = self.reused and not self._dot_sent
+        log.log(logging.INFO if retry else logging.WARNING,
+                "(%s) forward to %s failed during %s: %s%s", self.msg.log_id, self.mta_id,
+                section, err, " (cached session)" if retry else "")
         in_data = self.state in ("SENDING", "DOT")
         self._disarm()
         self._stop_producer()
@@ -577,12 +725,45 @@ class ForwardClient(LineOnlyReceiver):
         if self._finished:
             return
         self._finished = True
+        retry = error is not None and self.reused and not self._dot_sent
         self.result.callback(TransactionOutcome(self.mta_id, self.results, error,
-                                                self._data_delivered))
+                                                self._data_delivered, retry))
+
+    def _end(self, quit_sent: bool = False) -> None:
+        """The transaction is over: go IDLE when kept (once every reply is in), else QUIT.
+
+        Spec 5.3 step 15: with caching off the QUIT went out right after the dot
+        (``quit_sent``); with caching on the session stays open for the next one.
+        """
+        if not self.keep or self._closing or quit_sent:
+            self._finish()
+            self._quit(already_sent=quit_sent)
+            return
+        if self._expected:            # e.g. an RSET reply still to come: its handler ends
+            self._finish()
+            return
+        self._disarm()
+        self._set_state("IDLE")  # * -> IDLE
+        self.idle_since = self._now()
+        if self._finished:            # the outcome went out before the RSET reply came
+            if self.owner is not None:
+                self.owner.session_idle(self)
+            return
+        # IDLE before the outcome fires: its callbacks may hand the session back to the
+        # cache and start the next transaction (a DSN right after the message) on it.
+        self._finish()
+
+    def _after_rset(self, reply: MtaReply) -> None:
+        """An RSET reply: the session is clean again, or (not 2xx) closed."""
+        if reply.ok:
+            self._end()
+        else:
+            self._quit()
 
     def _quit(self, already_sent: bool = False) -> None:
         """QUIT off the critical path: the outcome is already final (spec 5.3 step 15)."""
         self._set_state("QUIT")  # * -> QUIT
+        self._closing = True
         self._finish()
         self.section = "fwd-rundown-1"
         if not already_sent:  # else it went out right after the dot, its reply is queued
@@ -621,7 +802,7 @@ class ForwardClient(LineOnlyReceiver):
         self._after_hello()
 
     def _after_hello(self) -> None:
-        """STARTTLS policy, LMTP requirements, then XFORWARD or MAIL (spec 5.3 steps 3-7)."""
+        """STARTTLS policy, LMTP requirements, then the transaction (spec 5.3 steps 3-7)."""
         level = self.options.tls_level
         if not self.tls_active and level != "none":
             if self.caps.has("STARTTLS"):
@@ -637,13 +818,17 @@ class ForwardClient(LineOnlyReceiver):
                                 "ENHANCEDSTATUSCODES")
             return
         self.pipelining = self.caps.has("PIPELINING")
+        self._begin()
+
+    def _begin(self) -> None:
+        """Checks known before MAIL, then XFORWARD (its own round trip) or MAIL."""
         if not self._precheck():
-            self._quit()
+            self._end()
             return
         cmd = (xforward_command(self.msg.client, self.caps.keywords["XFORWARD"])
                if self.caps.has("XFORWARD") else None)
         if cmd:
-            self._set_state("XFORWARD")  # HELLO -> XFORWARD
+            self._set_state("XFORWARD")  # HELLO|IDLE -> XFORWARD
             self._command(cmd, "fwd-xforward", "xforward", self._on_xforward)
         else:
             self._transaction()
@@ -739,7 +924,7 @@ class ForwardClient(LineOnlyReceiver):
             self.results[i].reply = enhanced
             self.results[i].mta_reply = reply.raw
         if not self.pipelining:
-            self._quit()
+            self._end()
 
     def _next_rcpt(self, pos: int) -> None:
         """Lock-step: send RCPT number ``pos`` of the sent list, or go on to DATA."""
@@ -791,7 +976,7 @@ class ForwardClient(LineOnlyReceiver):
             if self._must_bail():
                 self._bail_out(BAIL_OUT_NOPIPE)
             self._set_state("RSET")  # RCPT -> RSET
-            self._command("RSET", "fwd-rundown-1", "rset", lambda r: self._quit())
+            self._command("RSET", "fwd-rundown-1", "rset", self._after_rset)
             self._finish()
             return
         self._set_state("DATA")  # RCPT -> DATA
@@ -800,31 +985,33 @@ class ForwardClient(LineOnlyReceiver):
     def _on_data(self, reply: MtaReply) -> None:
         accepted = [i for i in self._sent if self.results[i].accepted]
         if self._mail_failed and reply.code != 354:
-            self._quit()
+            self._end()               # MAIL was refused: no transaction is open
             return
         if reply.code != 354:
             enhanced = enhance_reply(reply, "data", self.mta_id)
             for i in accepted:
                 self.results[i].reply, self.results[i].mta_reply = enhanced, reply.raw
             self._set_state("RSET")  # DATA -> RSET
-            self._command("RSET", "fwd-rundown-1", "rset", lambda r: self._quit())
+            self._command("RSET", "fwd-rundown-1", "rset", self._after_rset)
             self._finish()
             return
         if self._must_bail():
             # DATA -> DONE: the connection is dropped without the dot (observed, spec 5.3)
             self._set_state("DONE")
             self._bail_out(BAIL_OUT)
+            self._closing = True
             self._finish()
             self.transport.abortConnection()
             return
         if not accepted or self._mail_failed:
             # RFC 2920: DATA accepted without a valid recipient -> empty body, lone dot
             self._set_state("DOT")  # DATA -> DOT
+            self._dot_sent = True
             expects = [] if self.lmtp else [_Expect(".", "fwd-data-end", "dot",
-                                                    lambda r: self._quit())]
+                                                    lambda r: self._end())]
             self._send(["."], expects)
             if self.lmtp:
-                self._quit()
+                self._quit()          # no reply is due: the LMTP state is uncertain
             return
         self._stream()
 
@@ -854,7 +1041,7 @@ class ForwardClient(LineOnlyReceiver):
         self.transport.registerProducer(self._producer, False)
 
     def _end_of_data(self, stuffer: DotStuffer) -> None:
-        """The dot (and QUIT when pipelining) in one write; then await the dot replies."""
+        """The dot (and QUIT when pipelining and not kept) in one write; await the replies."""
         self.transport.unregisterProducer()
         self._producer = None
         self._set_state("DOT")  # SENDING -> DOT
@@ -866,7 +1053,8 @@ class ForwardClient(LineOnlyReceiver):
         else:
             expects = [_Expect(".", "fwd-data-end", "dot", self._on_smtp_dot)]
         tail = stuffer.finish()
-        if self.pipelining:
+        self._dot_sent = True
+        if self.pipelining and not self.keep:
             tail += b"QUIT\r\n"
             expects.append(_Expect("QUIT", "fwd-rundown-1", "quit",
                                    lambda r: self.transport.loseConnection()))
@@ -894,4 +1082,4 @@ class ForwardClient(LineOnlyReceiver):
             self._dot_done()
 
     def _dot_done(self) -> None:
-        self._quit(already_sent=self.pipelining)
+        self._end(quit_sent=self.pipelining and not self.keep)

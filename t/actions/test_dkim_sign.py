@@ -326,3 +326,27 @@ def test_anchor_key_signature_costs_about_a_millisecond(tmp_path, anchor_key):
     assert per_signature < 0.008, per_signature
     assert base64.b64decode(tags_of(sign(msg, header, offset, view))["b"])
     assert ANCHOR_PEM.exists()
+
+
+# ---------------------------------------------------------------- AM.PDP / milter
+def test_delivered_header_applies_the_edits_as_an_mta_does():
+    """smfi semantics: index counts fields of that name, 1-based; insheader 0 on top;
+    the MTA writes ``Name: body`` and CRLF for the body's LFs."""
+    block = (b"Received: a\nX-Test: one\nSubject: hi\nX-Test: two\n"
+             b"Long: x\n\ty\nTo: b\n")
+    edits = [("delheader", "2", "x-test"), ("chgheader", "1", "Subject", "[tag] hi"),
+             ("chgheader", "3", "X-Test", "new"), ("insheader", "0", "X-A", "1"),
+             ("insheader", "0", "X-B", "folded\n\tbody"), ("insheader", "99", "X-C", "c"),
+             ("addheader", "X-D", "d")]
+    assert dkim_sign.delivered_header(block, edits) == (
+        b"X-B: folded\r\n\tbody\r\nX-A: 1\r\nReceived: a\r\nX-Test: one\r\n"
+        b"Subject: [tag] hi\r\nLong: x\r\n\ty\r\nTo: b\r\nX-Test: new\r\nX-C: c\r\n"
+        b"X-D: d\r\n\r\n")
+    assert dkim_sign.delivered_header(b"", []) == b"\r\n"
+
+
+def test_client_field_is_the_insheader_form_of_a_rendered_field():
+    raw = b"DKIM-Signature: v=1; a=rsa-sha256;\r\n\th=from; b=abc\r\n"
+    assert dkim_sign.client_field(raw) == ("DKIM-Signature", "v=1; a=rsa-sha256;\n\th=from; b=abc")
+    name, body = dkim_sign.client_field(raw)
+    assert dkim_sign.delivered_header(b"", [("insheader", "0", name, body)]) == raw + b"\r\n"

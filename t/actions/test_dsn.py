@@ -177,11 +177,16 @@ def test_structure_and_delivery_status_fields(tmp_path: Path) -> None:
     assert m["Date"] == "Mon, 30 Nov 2026 03:02:43 +0000 (UTC)"
     assert m["Message-ID"] == "<VSkULeRChqr0W1@mx.anchor.test>"
     assert m["MIME-Version"] == "1.0"
-    assert " ".join(m["Subject"].split()) == ("Undeliverable mail, VIRUS in message apparently "
-                                              "from you (Eicar-Test-Signature)")
+    # the wording comes from the template (VIRUS: $notify_virus_sender_templ, ours)
+    assert m["Subject"] == "Your message contains a virus (Eicar-Test-Signature)"
+    assert m["In-Reply-To"] == "<golden-eicar@anchor.test>"
+    assert m.keys()[:4] == ["Content-Type", "Content-Transfer-Encoding", "MIME-Version",
+                            "Subject"]
+    assert m.keys()[-3:] == ["From", "To", "Date"]
     text, status, headers = m.get_payload()
     assert text.get_content_type() == "text/plain"
-    assert "<bob@anchor.test>:\n    554 5.7.0 Bounce" in text.get_payload()
+    assert "    virus: Eicar-Test-Signature\n" in text.get_payload()
+    assert "Reference: 21574-03/kULeRChqr0W1\n" in text.get_payload()
     assert status.get_content_type() == "message/delivery-status"
     assert status.get_filename() == "dsn_status.dsn"
     assert status["Content-Description"] == "Delivery error report"
@@ -203,6 +208,64 @@ def test_structure_and_delivery_status_fields(tmp_path: Path) -> None:
     assert headers.get_content_type() == "text/rfc822-headers"
     assert headers.get_filename() == "header.hdr"
     assert headers.get_payload() == "Return-Path: <alice@anchor.test>\n" + HEADER.decode()
+
+
+EN_US = Path("/etc/amavis/en_US")
+
+
+def need_en_us() -> None:
+    if not EN_US.is_dir():
+        pytest.skip("Debian's /etc/amavis/en_US is not installed (CI installs amavisd-new)")
+
+
+@pytest.mark.parametrize(("ccat", "setting", "subject"), [
+    ("9", "notify_virus_sender_templ",
+     "VIRUS in message apparently from you (Eicar-Test-Signature)"),
+    ("4", "notify_sender_templ", "Undeliverable mail, invalid header section"),
+    ("6", "notify_spam_sender_templ", None),
+])
+def test_text_comes_from_the_template_of_the_category(tmp_path: Path, ccat: str, setting: str,
+                                                      subject: str | None) -> None:
+    """Section 18: VIRUS/BANNED -> $notify_virus_sender_templ, SPAM ->
+    $notify_spam_sender_templ, else $notify_sender_templ (here Debian's files)."""
+    need_en_us()
+    from amavisd.templates import read_l10n_templates
+
+    texts = read_l10n_templates(str(EN_US))
+    msg = make_msg(tmp_path, virus_names=["Eicar-Test-Signature"] if ccat == "9" else [])
+    bounce(msg.recipients[0], ccat)
+    marker = f"MARKER-{setting}"
+    templates = {**texts, setting: texts[setting].replace("Message-ID:", f"X-Which: {marker}\n"
+                                                          "Message-ID:", 1)}
+    m = built(tmp_path, msg, viruses_that_fake_sender_maps=[0], **templates)
+    assert m["X-Which"] == marker
+    if subject is not None:
+        assert " ".join(m["Subject"].split()) == subject
+    assert m["From"] == '"Content-filter at mx.anchor.test" <postmaster@mx.anchor.test>'
+    text = m.get_payload()[0].get_payload()
+    assert "21574-03/kULeRChqr0W1" in text
+
+
+def test_from_to_date_are_forced_over_the_template(tmp_path: Path) -> None:
+    """Section 18/20.6: From/To/Date are the program's even when the template sets them;
+    other template fields keep their place; a non-ASCII text goes out quoted-printable."""
+    msg = make_msg(tmp_path)
+    bounce(msg.recipients[0], "8")
+    template = ("Date: yesterday\nFrom: nobody@x\nSubject: Zurückgewiesen: %s\n"
+                "To: somebody@x\nMessage-ID: <T%i@%h>\n\nNachricht für %s blockiert.\n")
+    m = built(tmp_path, msg, notify_virus_sender_templ=template,
+              hdrfrom_notify_sender="Filter <filter@${myhostname}>")
+    assert m.keys()[3:] == ["Date", "From", "Subject", "To", "Message-ID"]
+    assert m["Date"] == "Mon, 30 Nov 2026 03:02:43 +0000 (UTC)"
+    assert m["From"] == "Filter <filter@mx.anchor.test>"
+    assert m["To"] == "<alice@anchor.test>"
+    assert m["Subject"] == "=?UTF-8?Q?Zur=C3=BCckgewiesen:?= <alice@anchor.test>"
+    assert m["Message-ID"] == "<TkULeRChqr0W1@mx.anchor.test>"
+    text = m.get_payload()[0]
+    assert text["Content-Transfer-Encoding"] == "quoted-printable"
+    assert text.get_content_charset() == "utf-8"
+    assert text.get_payload(decode=True).decode() == \
+        "Nachricht für <alice@anchor.test> blockiert.\n"
 
 
 def test_short_diagnostic_code_stays_on_one_line() -> None:
@@ -295,3 +358,17 @@ def test_suppressed_marks_dsn_sent_2(tmp_path: Path) -> None:
     outcome = in_reactor(dsn.send, msg, view(), reactor, per_recipient_capable=False,
                          deadline=time.time() + 60, forwarded_any=False)
     assert outcome.dsn_sent == 2 and msg.findings["dsn_sent"] == 2
+
+
+def test_template_over_its_bounds_tempfails_before_forwarding(tmp_path: Path) -> None:
+    msg = make_msg(tmp_path)
+    bounce(msg.recipients[0], "8")
+    v = view(notify_virus_sender_templ='[= loop |["[@ loop]"]][@ loop]')
+    with pytest.raises(TempFail, match="temporarily unable to send DSN to <alice@anchor.test>: "
+                                       "template expansion exceeds"):
+        in_reactor(dsn.send, msg, v, reactor, per_recipient_capable=False,
+                   deadline=time.time() + 60, forwarded_any=False)
+    outcome = in_reactor(dsn.send, msg, v, reactor, per_recipient_capable=False,
+                         deadline=time.time() + 60, forwarded_any=True)
+    assert outcome.dsn_sent == 0
+    assert not list(tmp_path.glob("dsn-*"))

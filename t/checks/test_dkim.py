@@ -403,3 +403,47 @@ def test_long_lines_without_line_ends_are_hashed_in_bounded_pieces():
     want = hashlib.sha256(Relaxed.canonicalize_body(body.replace(b"\n", b"\r\n"))).digest()
     assert hasher.digests()[BodySpec("relaxed", "sha256")] == want
     logging.getLogger().debug("checked %d bytes", len(body))
+
+
+# ---------------------------------------------------------------- sender_credible
+@pytest.mark.parametrize("originating,sender,tamper,want", [
+    (False, "alice@anchor.test", False, "dkim"),
+    (True, "alice@anchor.test", False, "orig,dkim"),
+    (True, "alice@anchor.test", True, "orig"),
+    (False, "alice@anchor.test", True, None),
+    (False, "carol@other.example", False, None),   # valid, but not the sender's domain
+    (True, "", False, None),                        # null sender: never credible
+])
+def test_sender_credible_from_originating_and_an_envelope_sender_signature(
+        tmp_path, dns, originating, sender, tamper, want):
+    """pipeline.md 4: ``orig`` and ``dkim`` (valid signature by the envelope sender's
+    domain); the DSN cutoffs of actions/dsn.py read it."""
+    data = golden_message("clean")
+    if tamper:
+        data = data.replace(b"Hi Bob,", b"Hi Rob,")
+    msg = run(tmp_path, data, dns, sender=sender, originating=originating)
+    msg.findings["sender_credible"] = "stale"         # recomputed, never kept
+    dk.set_sender_credible(msg)
+    assert msg.findings.get("sender_credible") == want
+
+
+@pytest.mark.parametrize("canon", ["relaxed", "simple"])
+def test_header_hash_of_the_selected_fields_equals_dkimpys_over_all(canon):
+    """dkim_canon canonicalises only the fields h= picks: the same hash as dkimpy's own
+    selection over every field, repeated and over-signed names and ``Name :`` included."""
+    import hashlib
+
+    from dkim.canonicalization import CanonicalizationPolicy
+
+    from amavisd.dkim_canon import header_digest, split_fields
+    block = (b"Received: a\nSubject : spaced\nFrom: x@y\nReceived:  b\n\tfolded\n"
+             b"Subject: plain\nTo: z\nReceived: c\nX-Other:  v \n")
+    fields = split_fields(block)
+    signed = [b"received", b"received", b"subject", b"subject", b"subject", b"from",
+              b"x-other", b"date"]
+    sig = (b"DKIM-Signature", b" v=1; h=x; b=abc\r\n")
+    policy = CanonicalizationPolicy.from_c_value(f"{canon}/simple".encode())
+    want = hashlib.sha256()
+    dkim.hash_headers(want, policy, policy.canonicalize_headers([list(f) for f in fields]),
+                      signed, list(sig), None)
+    assert header_digest(fields, signed, canon, "simple", sig, "sha256") == want.digest()

@@ -169,3 +169,16 @@ def test_debian_amavisd_submit(amavisd, sink, tmp_path):
     # the server removed the client's dirs (the children's own have a timestamp and pid)
     left = [p.name for p in tempbase.iterdir() if re.fullmatch(r"amavis-\w{10}", p.name)]
     assert left == []
+
+
+@pytest.mark.parametrize(("bank", "word"), [("{'protocol': 'AM.PDP'}", "Internal"),
+                                            ("{'protocol': 'AM.PDP', 'originating': 0}",
+                                             "Inbound")])
+def test_socket_bank_decides_originating(amavisd, sink, tmp_path, bank, word):
+    """Regression: AM.PDP sets originating=1 first, then the banks recompute it (4.3);
+    the socket's own bank with originating => 0 used to be overridden."""
+    daemon, path = start(amavisd, tmp_path, f"policy_bank = {{'AM.PDP-SOCK': {bank}}}\n")
+    submit(path, tmp_path, "orig", CLEAN, ["bob@anchor.test"])
+    line = wait_for(lambda: re.search(r".* Passed CLEAN .*", daemon.logfile_text()),
+                    what="the Passed line").group(0)
+    assert f"Passed CLEAN {{Relayed{word}}}, AM.PDP-SOCK " in line, line

@@ -222,7 +222,8 @@ def test_clean_message_continues_with_our_header(shared):
                    "changed": "false"}
     line = wait_for(lambda: [x for x in daemon.logfile_text().splitlines()
                              if " Passed CLEAN " in x], what="the Passed line")[0]
-    assert "AM.PDP-SOCK LOCAL [192.0.2.10] <alice@anchor.test> -> <bob@anchor.test>" in line
+    assert ("AM.PDP-SOCK LOCAL [192.0.2.10] [192.0.2.10] <alice@anchor.test> -> "
+            "<bob@anchor.test>") in line
     assert "Queue-ID: QID1, Message-ID: <hello@anchor.test>" in line
     assert len(sink.messages) == n_sink                 # delivery_care_of=client
     log = milter.log_text()
@@ -260,7 +261,7 @@ local want = "Reject, id=" .. tostring(id) .. " - BANNED: " .. BANNED
     assert f"QID2: setreply={relayed}" in milter.log_text()
     assert "QID2: return_value=reject" in milter.log_text()
     assert f"({log_id}) Blocked BANNED ({BANNED}) {{RejectedInternal,Quarantined}}, " \
-           "AM.PDP-SOCK LOCAL [192.0.2.10] <alice@anchor.test> -> <bob@anchor.test>" \
+           "AM.PDP-SOCK LOCAL [192.0.2.10] [192.0.2.10] <alice@anchor.test> -> <bob@anchor.test>" \
         in daemon.logfile_text()
     assert len(sink.messages) == n_sink
     wait_for(lambda: milter_workdirs(milter) == [], what="the milter's cleanup")

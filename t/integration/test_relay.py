@@ -128,7 +128,8 @@ def test_dsn_and_xforward_are_passed_on(amavisd, sink):
     assert got.rcpts[1] == b"RCPT TO:<carol@example.com>"
     assert got.data.startswith(b"Received: from mta.example.net ([127.0.0.1])\r\n")
     log = wait_for(lambda: "Passed CLEAN" in daemon.logfile_text() and daemon.logfile_text())
-    assert "[192.0.2.10]:41234 <alice@example.org> -> <bob@example.com>,<carol@example.com>, " \
+    assert "[192.0.2.10]:41234 [192.0.2.10] <alice@example.org> -> <bob@example.com>," \
+           "<carol@example.com>, " \
            "Queue-ID: 4ABCDEF, Message-ID: <dsn@anchor.test>" in log
 
 
