@@ -67,7 +67,13 @@ _IP_IN_BRACKETS = re.compile(r"\[(?:IPv6:)?([0-9A-Fa-f:.]+)\]")
 
 
 def oldest_public_ip(received: list[str]) -> str | None:
-    """The oldest public IP address in the Received trace (the log line's ``[%e]``)."""
+    """The oldest public IP address in the Received trace (the log line's ``[%e]``).
+
+    Public as amavis counts it (``@public_networks_maps``): the documentation
+    ranges such as 192.0.2.0/24 are public there, unlike Python's ``is_global``.
+    """
+    from amavisd.templates.trace import is_public_ip
+
     for field_value in reversed(received):
         head = field_value.split(" by ", 1)[0]
         for candidate in _IP_IN_BRACKETS.findall(head):
@@ -75,6 +81,6 @@ def oldest_public_ip(received: list[str]) -> str | None:
                 addr = ipaddress.ip_address(candidate)
             except ValueError:
                 continue
-            if addr.is_global:
+            if is_public_ip(str(addr)):
                 return str(addr)
     return None

@@ -127,6 +127,9 @@ setting("pid_file", None, t.string, GLOBAL,
 setting("lock_file", None, t.string, GLOBAL, "Accepted for compatibility; we need no lock file.")
 setting("instance_name", None, t.string, GLOBAL, "Instance name (-i), available to config files.")
 setting("QUARANTINEDIR", None, t.string, GLOBAL, "Quarantine directory (local: and bsmtp: paths).")
+setting("mail_digest_algorithm", "MD5", t.string, GLOBAL,
+        "Digest of the message body (%b, quarantine file names, JSON digest_body): MD5, "
+        "SHA-1, SHA-256, ...")
 setting("mail_id_size_bits", 72, t.integer(24), GLOBAL,
         "Size of mail_id and secret_id in bits; a multiple of 24.")
 setting("allow_preserving_evidence", 1, t.boolean, GLOBAL,

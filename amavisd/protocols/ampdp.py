@@ -34,6 +34,7 @@ from amavisd.actions.headers import plan_edits, split_header, tag_subject
 from amavisd.actions.release import ReleaseError, ReleaseRequest
 from amavisd.config.model import BankView
 from amavisd.constants import D_PASS
+from amavisd.digest import BodyDigest
 from amavisd.errors import Reply
 from amavisd.final_reply import one_response_for_all
 from amavisd.log import do_log
@@ -216,11 +217,14 @@ class Request:
         return list(self.attrs.get(name, []))
 
 
-def _file_facts(path: Path) -> tuple[int, bool]:
-    """RFC 1870 size (LF counted as CRLF) and 8-bit content, read in chunks (never whole)."""
+def _file_facts(path: Path, digest: BodyDigest | None = None) -> tuple[int, bool]:
+    """RFC 1870 size (LF counted as CRLF) and 8-bit content, read in chunks (never whole);
+    the body digest (pipeline.md 5) is fed on the way."""
     size, eight_bit, last = 0, False, b""
     with path.open("rb") as fh:
         while chunk := fh.read(65536):
+            if digest is not None:
+                digest.feed(chunk)
             size += len(chunk) + chunk.count(b"\n") - chunk.count(b"\r\n")
             if last == b"\r" and chunk.startswith(b"\n"):
                 size -= 1
@@ -605,7 +609,9 @@ class AMPDPServer(Protocol):
             raise RequestError(f"File {mail_file} is not a plain file")
         if mail_file.endswith(".gz"):
             raise RequestError(f"Compressed mail file {mail_file} is not supported")
-        size, eight_bit = _file_facts(path)
+        baseline = getattr(self.handler, "baseline", None)     # the connection's view
+        digest = BodyDigest(getattr(baseline, "mail_digest_algorithm", None) or "MD5")
+        size, eight_bit = _file_facts(path, digest)
         source = request.get("client_source")
         client = ClientInfo(
             addr=request.get("client_address"), name=request.get("client_name"),
@@ -628,6 +634,7 @@ class AMPDPServer(Protocol):
                       client=client, protocol=request.get("protocol_name") or "SMTP",
                       rx_time=self._reactor.seconds())
         msg.findings["eight_bit"] = eight_bit
+        msg.findings["body_digest"] = digest.hexdigest()
         cleanup: list[Path] = []
         if (request.get("tempdir_removed_by") or "server").lower() == "server":
             cleanup.append(path)

@@ -43,6 +43,7 @@ from twisted.python.failure import Failure
 
 from amavisd import constants
 from amavisd.constants import D_PASS, D_TEMPFAIL, ST_DATA, ST_MAIL
+from amavisd.digest import BodyDigest
 from amavisd.errors import Refusal, Reply, TempFail
 from amavisd.final_reply import lmtp_replies, one_response_for_all, wrap_reply
 from amavisd.message import ClientInfo, Message, Recipient
@@ -932,7 +933,8 @@ class SMTPServer(Protocol):
             return
         try:
             self.handler.state(ST_DATA)
-            self._spool = DataSpool(txn.spool_path, self._data_size_limit(txn))
+            self._spool = DataSpool(txn.spool_path, self._data_size_limit(txn),
+                                    BodyDigest(self._setting("mail_digest_algorithm", "MD5")))
         except Exception as exc:  # noqa: BLE001 - our trouble becomes a 4xx (STYLE 6)
             log.error("(%s) cannot spool to %s: %s", txn.log_id, txn.spool_path, exc)
             self._reply(_r(451, "4.5.0", f"Error in processing: {exc}"))
@@ -982,6 +984,8 @@ class SMTPServer(Protocol):
             tls_cipher=txn.tls_cipher, lmtp=self.lmtp, rx_time=self._reactor.seconds(),
             rx_start=txn.rx_start)
         msg.findings["eight_bit"] = result.eight_bit
+        if result.body_digest:
+            msg.findings["body_digest"] = result.body_digest
         return msg
 
     # --- processing and the final reply (spec 3.8) -----------------------------------------

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from amavisd.digest import BodyDigest
+
 log = logging.getLogger(__name__)
 
 #: The end-of-data marker, including the CRLF that ends the last data line.
@@ -67,6 +69,7 @@ class SpoolResult:
     eight_bit: bool        # some byte >= 0x80 was seen
     error: str | None = None   # a write failure (disk full ...): reply 451, spec 3.7
     complete: bool = True      # False when closed before the final dot arrived
+    body_digest: str | None = None  # hex digest of the body as stored (pipeline.md 5)
 
 
 class DataSpool:
@@ -76,8 +79,10 @@ class DataSpool:
     followed it (pipelined commands, possibly ``b""``).
     """
 
-    def __init__(self, path: Path, size_limit: int | None = None):
+    def __init__(self, path: Path, size_limit: int | None = None,
+                 digest: BodyDigest | None = None):
         self.path = Path(path)
+        self.digest = digest
         self.size_limit = size_limit
         self.state = SpoolState.NOMINAL
         self.size = 0
@@ -135,6 +140,8 @@ class DataSpool:
             size -= 2
             out = out[1:]
         self.size += size
+        if self.digest is not None:
+            self.digest.feed(out)
         self._write(out)
 
     def _write(self, out: bytes) -> None:
@@ -173,6 +180,7 @@ class DataSpool:
             eight_bit=self.eight_bit,
             error=self.error,
             complete=self.ended,
+            body_digest=self.digest.hexdigest() if self.digest is not None else None,
         )
 
 

@@ -11,6 +11,7 @@ the sink with its Resent-* fields and the original body.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -202,6 +203,15 @@ def test_mbox_quarantine_release(amavisd, sink, tmp_path):
     assert reply.startswith(b"setreply=250 2.0.0"), reply
     (msg,) = wait_for(lambda: to(sink, BOB) or None, 15, "the released message")
     check_resent(msg.data, ids[1], f"<{BOB}>")
+
+
+def test_body_digest_names_the_quarantine_file(amavisd, sink, tmp_path):
+    """``%b`` in a quarantine file name is the MD5 of the stored body (pipeline.md 5)."""
+    daemon, sock = start(amavisd, tmp_path,
+                         "banned_files_quarantine_method = 'local:banned-%m-%b'\n")
+    location = quarantine_banned(daemon)
+    stored_body = ORIGINAL_BODY.replace(b"\r\n", b"\n")
+    assert location.endswith("-" + hashlib.md5(stored_body).hexdigest()), location
 
 
 # ------------------------------------------------------------------ Debian's Perl client
