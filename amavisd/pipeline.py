@@ -257,6 +257,12 @@ class Pipeline:
             log.error("SQL storage: save_info_final %s failed, info not saved: %s",
                       msg.mail_id, _failure_text(exc))
 
+    def delivery_method(self, view, address: str):
+        """pipeline.md section 2 step 28: ``@forward_method_maps`` per recipient (an SQL
+        ``policy.forward_method`` is in front of them), else ``$forward_method``."""
+        found = Lookups(view).per_recipient("forward_method_maps", address)
+        return found if found not in (None, "") else view.forward_method
+
     def _forward(self, msg: Message, view):
         """Per header-edit cluster (pipeline.md 20.10), one transaction per delivery method.
 
@@ -270,7 +276,7 @@ class Pipeline:
         for rcpt in msg.recipients:
             if rcpt.done or rcpt.destiny != D_PASS:
                 continue
-            rcpt.delivery_method = view.forward_method
+            rcpt.delivery_method = self.delivery_method(view, rcpt.address)
             if not rcpt.delivery_method:  # the AM.PDP client delivers (section 5.1)
                 rcpt.reply = Reply(250, "2.5.0", f"Ok, id={msg.log_id}, continue delivery")
                 client_delivers = True

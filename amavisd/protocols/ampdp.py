@@ -622,6 +622,7 @@ class AMPDPServer(Protocol):
         view = self.handler.request_view(client.addr, [b for b in banks if b])
         if (request.get("delivery_care_of") or "client").lower() != "server":
             view.set("forward_method", "")     # the client delivers (4.3)
+            view.set("forward_method_maps", [])
         sender = _strip_brackets(request.get("sender") or "")
         recipients = []
         for value in rcpts:

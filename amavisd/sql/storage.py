@@ -332,6 +332,13 @@ def msg_row(config: Any, msg: Message, partition: int, sid: int, mail_id: str,
             int(msg.size), _text(host)[:FIELD_MAX]]
 
 
+#: Log rows are committed without waiting for the WAL flush: two fsyncs per message
+#: were most of the SQL logging cost (bench/RESULTS.md).  A database crash may lose
+#: the last moment of log rows, never mail: the ``sql:`` quarantine commits
+#: synchronously, which also makes every earlier log row durable (docs/sql.md).
+LOG_COMMIT = "SET LOCAL synchronous_commit TO OFF"
+
+
 def save_info_preliminary(db: Database, config: Any, msg: Message, keys: AddressKeys,
                           partition: int,
                           new_id: Callable[[], tuple[str, str]] | None = None,
@@ -379,7 +386,7 @@ def save_info_preliminary(db: Database, config: Any, msg: Message, keys: Address
     for attempt in range(1, ATTEMPTS + 1):
         params = msg_row(config, msg, partition, sid, mail_id, secret_id)
         try:
-            db.run(lambda cur, p=params: cur.execute(insert, p))
+            db.run(lambda cur, p=params: (cur.execute(LOG_COMMIT), cur.execute(insert, p)))
         except psycopg.errors.UniqueViolation:
             if attempt == ATTEMPTS:
                 log.error("too many retries on storing preliminary, info not saved")
@@ -469,6 +476,7 @@ def save_info_final(db: Database, config: Any, rows: FinalRows, mail_id: str,
     update = clause(statements["upd_msg"])
 
     def work(cur: Any) -> None:
+        cur.execute(LOG_COMMIT)
         for params in rows.recipients:
             cur.execute(insert, params)
         cur.execute(update, rows.update)

@@ -284,3 +284,21 @@ def test_starttls_outbound(tmp_path):
             assert len(tls_sink.messages) == 1
         finally:
             daemon.stop()
+
+
+def test_forward_method_maps_choose_the_next_hop_per_recipient(amavisd, sink):
+    """pipeline.md section 2 step 28: @forward_method_maps per recipient, else
+    $forward_method (regression: every recipient went to $forward_method)."""
+    from t.sink import Sink
+
+    with Sink() as other:
+        daemon = amavisd(f"forward_method_maps = [{{'carol@anchor.test': "
+                         f"'smtp:[127.0.0.1]:{other.port}'}}]\n")
+        client = Client(daemon.port)
+        client.reply()
+        reply = send_message(client, "alice@anchor.test",
+                             ["bob@anchor.test", "carol@anchor.test"], message("split"))
+        assert reply[0].startswith("250 2.0.0 "), reply
+        client.cmd("QUIT")
+        assert [m.rcpts for m in sink.messages] == [[b"RCPT TO:<bob@anchor.test>"]]
+        assert [m.rcpts for m in other.messages] == [[b"RCPT TO:<carol@anchor.test>"]]
