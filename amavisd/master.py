@@ -91,6 +91,9 @@ def preimport(config=None) -> None:
         import dkim.util  # noqa: F401
 
         import amavisd.dkim_dns  # noqa: F401
+    from amavisd.checks.filetype import default_typer
+
+    default_typer().preload()          # libmagic and magic.mgc: once, not per child
     assert "twisted.internet.reactor" not in sys.modules, "reactor imported in the master"
 
 

@@ -205,3 +205,29 @@ def test_type_part_sets_fields_and_pgp_enc_is_C(tmp_path):
     container = Part(base_name="p002")
     type_part(container, lambda p: "data")
     assert container.type_long is None
+
+
+def test_a_preloaded_typer_is_adopted_by_a_forked_child(tmp_path):
+    """preload() in the master: the child types with the inherited handle (no reload:
+    ~30 ms per child before), and the result is the same as a fresh instance's."""
+    import os
+
+    sample = tmp_path / "a.zip"
+    sample.write_bytes(b"PK\x05\x06" + b"\0" * 18)
+    typer = MagicTyper()
+    typer.preload()
+    handle = id(typer._magic)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                   # pragma: no cover - the child
+        try:
+            described = typer(sample)
+            same = id(typer._magic) == handle
+            os.write(write, f"{same}|{described}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    answer = os.read(read, 4096).decode()
+    os.waitpid(pid, 0)
+    assert answer == f"True|{MagicTyper()(sample)}"
+    assert "Zip archive" in answer
