@@ -260,6 +260,8 @@ class Pipeline:
     def delivery_method(self, view, address: str):
         """pipeline.md section 2 step 28: ``@forward_method_maps`` per recipient (an SQL
         ``policy.forward_method`` is in front of them), else ``$forward_method``."""
+        if not getattr(view, "forward_method_maps", None):
+            return view.forward_method
         found = Lookups(view).per_recipient("forward_method_maps", address)
         return found if found not in (None, "") else view.forward_method
 

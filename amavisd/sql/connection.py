@@ -220,32 +220,30 @@ class Database:
         transaction never committed, so ``work`` is retried once on a fresh
         connection: it must therefore not have effects outside the database.
         """
-        with self._lock:
-            for attempt in (1, 2):
-                conn = self.connection()
-                try:
-                    with conn.transaction(), conn.cursor() as cur:
-                        return work(cur)
-                except Exception as exc:
-                    if attempt == 1 and _server_gone(exc) and (conn.closed or conn.broken):
-                        amavis_log.do_log(1, "SQL %s: connection lost (%s), reconnecting",
-                                          self.purpose, str(exc).strip())
-                        self.drop()
-                        continue
-                    raise
-        raise AssertionError("unreachable")
+        def in_transaction(conn: Any) -> T:
+            with conn.transaction(), conn.cursor() as cur:
+                return work(cur)
+
+        return self._retrying(in_transaction)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one statement and return its rows (with column names in ``last_columns``)."""
+        def one_statement(conn: Any) -> list[tuple[Any, ...]]:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                rows = cur.fetchall() if cur.description else []
+                self.last_columns = [d.name for d in cur.description or ()]
+                return rows
+
+        return self._retrying(one_statement)
+
+    def _retrying(self, call: Callable[[Any], T]) -> T:
+        """``call(connection)``, once more on a new connection if the server had gone."""
         with self._lock:
             for attempt in (1, 2):
                 conn = self.connection()
                 try:
-                    with conn.cursor() as cur:
-                        cur.execute(sql, params)
-                        rows = cur.fetchall() if cur.description else []
-                        self.last_columns = [d.name for d in cur.description or ()]
-                        return rows
+                    return call(conn)
                 except Exception as exc:
                     if attempt == 1 and _server_gone(exc) and (conn.closed or conn.broken):
                         amavis_log.do_log(1, "SQL %s: connection lost (%s), reconnecting",
