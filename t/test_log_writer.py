@@ -114,13 +114,16 @@ class SyslogReceiver:
         self.lines: list[str] = []
         self.reading = threading.Event()
         self.reading.set()
+        self.paused = threading.Event()
         self.done = False
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         while not self.done:
-            if not self.reading.wait(0.1):
+            if not self.reading.is_set():
+                self.paused.set()           # parked: no recv in progress
+                self.reading.wait(0.1)
                 continue
             try:
                 data = self.sock.recv(65536)
@@ -129,6 +132,14 @@ class SyslogReceiver:
             except OSError:
                 return
             self.lines.append(data.decode("utf-8", "replace"))
+
+    def pause(self) -> None:
+        """Stop reading, and wait until the thread is out of any recv it was in: a
+        datagram taken after fill() would leave room for one more send (a flaky
+        test, regression)."""
+        self.paused.clear()
+        self.reading.clear()
+        assert self.paused.wait(5), "the receiver thread did not pause"
 
     def fill(self) -> int:
         """Fill the socket's kernel queue (10 datagrams here) while nobody reads it."""
@@ -204,7 +215,7 @@ def test_a_free_destination_is_written_at_once_then_queued_when_it_stalls(receiv
     handler = amavis_log.SyslogHandler("amavis", "mail", 980, receiver.path)
     handler.setFormatter(amavis_log.AmavisFormatter())
     try:
-        receiver.reading.clear()
+        receiver.pause()
         handler.emit(record("at once"))
         assert writer.pending == 0           # written by emit itself, nothing queued
         receiver.fill()
@@ -233,7 +244,7 @@ def test_stalled_syslog_does_not_delay_the_smtp_reply(amavisd, sink, receiver): 
     daemon = amavisd(SYSLOG_CONF.format(path=receiver.path))
     receiver.wait_for(r"amavis\[\d+\]: .*starting\.")
     time.sleep(0.5)                         # the child's start-up lines are read too
-    receiver.reading.clear()                # syslogd stalls ...
+    receiver.pause()                        # syslogd stalls ...
     receiver.fill()                         # ... with its queue full: every send blocks
     client = Client(daemon.port, timeout=10)
     assert client.reply()[0].startswith("220 ")
