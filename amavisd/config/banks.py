@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from amavisd.config.lookup import Lookups, lookup_ip_acl
+from amavisd.config.lookup import lookup_ip_acl
 from amavisd.config.model import BankView
 
 log = logging.getLogger(__name__)
@@ -30,27 +30,6 @@ def load_client_ip_banks(view: BankView, client_addr: str | None) -> list[str]:
             continue
         if result:
             for name in str(names).split(","):
-                if name.strip() and view.load(name.strip()):
-                    loaded.append(name.strip())
-            break
-    return loaded
-
-
-def load_author_banks(view: BankView, authors: list[tuple[str, str | None]]) -> list[str]:
-    """``@author_to_policy_bank_maps``: for each author address with a valid DKIM
-    signature (``(address, signing domain)``), the key is the address, then
-    ``address/@signer``; a value of 1 means bank ``AUTHOR_APPROVED`` (section 16,
-    point 7).  Called by the DKIM check once it verified the signatures."""
-    loaded: list[str] = []
-    lookups = Lookups(view)
-    for address, signer in authors:
-        keys = [address] + ([f"{address}/@{signer}"] if signer else [])
-        for key in keys:
-            value = lookups.per_recipient("author_to_policy_bank_maps", key)
-            if not value:
-                continue
-            names = "AUTHOR_APPROVED" if value in (1, "1", True) else str(value)
-            for name in names.split(","):
                 if name.strip() and view.load(name.strip()):
                     loaded.append(name.strip())
             break

@@ -1,7 +1,7 @@
 # tests: amavisd/config/banks.py
 """Bank selection by client IP and by DKIM author (pipeline.md section 16)."""
 
-from amavisd.config.banks import load_author_banks, load_client_ip_banks
+from amavisd.config.banks import load_client_ip_banks
 from amavisd.config.model import Config
 
 
@@ -30,15 +30,3 @@ def test_first_matching_pair_wins_and_loads_every_named_bank():
                                        ["0/0"], "C"])
     assert load_client_ip_banks(cfg.view(), "192.0.2.7") == ["A", "B"]
     assert load_client_ip_banks(cfg.view(), "192.0.2.5") == ["C"]
-
-
-def test_author_banks():
-    cfg = config(policy_bank={"AUTHOR_APPROVED": {"log_level": 2}, "FRIENDS": {}},
-                 author_to_policy_bank_maps=[{"boss@example.com": 1,
-                                              "friend@example.org/@example.org": "FRIENDS"}])
-    view = cfg.view()
-    assert load_author_banks(view, [("boss@example.com", None)]) == ["AUTHOR_APPROVED"]
-    assert view.log_level == 2
-    view = cfg.view()
-    assert load_author_banks(view, [("friend@example.org", "example.org")]) == ["FRIENDS"]
-    assert load_author_banks(cfg.view(), [("friend@example.org", "evil.test")]) == []
